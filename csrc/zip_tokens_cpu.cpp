@@ -64,9 +64,11 @@ void token_scores(const Tensor& attn, int64_t b, bool has_cls, float* scores, fl
 }
 
 // Transposed metric of the remaining tokens, metric_t[d * M + m] (float32): the head average of
-// per-head keys, the given keys, or the hidden states themselves.
+// per-head keys (summed over heads in head order, then divided by H), the given keys, or the
+// hidden states themselves. Rows are accumulated contiguously in `rows` [M, Dk], then transposed.
 template <typename key_t>
-void gather_metric(const Tensor& metric, int64_t b, const std::vector<int64_t>& remaining, float* metric_t) {
+void gather_metric(const Tensor& metric, int64_t b, const std::vector<int64_t>& remaining, float* rows,
+                   float* metric_t) {
   const int64_t n_rem = static_cast<int64_t>(remaining.size());
   const key_t* base = metric.data_ptr<key_t>();
   const auto st = metric.strides();
@@ -76,14 +78,18 @@ void gather_metric(const Tensor& metric, int64_t b, const std::vector<int64_t>& 
   const int64_t token_stride = st[metric.dim() - 2];
   const int64_t chan_stride = st[metric.dim() - 1];
   for (int64_t m = 0; m < n_rem; ++m) {
-    for (int64_t d = 0; d < width; ++d) metric_t[d * n_rem + m] = 0.f;
+    float* row = rows + m * width;
+    std::fill(row, row + width, 0.f);
     for (int64_t h = 0; h < heads; ++h) {
-      const key_t* row = base + b * st[0] + (per_head ? h * st[1] : 0) + remaining[m] * token_stride;
-      for (int64_t d = 0; d < width; ++d) metric_t[d * n_rem + m] += static_cast<float>(row[d * chan_stride]);
+      const key_t* src = base + b * st[0] + (per_head ? h * st[1] : 0) + remaining[m] * token_stride;
+      for (int64_t d = 0; d < width; ++d) row[d] += static_cast<float>(src[d * chan_stride]);
     }
     if (per_head) {
-      for (int64_t d = 0; d < width; ++d) metric_t[d * n_rem + m] /= static_cast<float>(heads);
+      for (int64_t d = 0; d < width; ++d) row[d] /= static_cast<float>(heads);
     }
+  }
+  for (int64_t m = 0; m < n_rem; ++m) {
+    for (int64_t d = 0; d < width; ++d) metric_t[d * n_rem + m] = rows[m * width + d];
   }
 }
 
@@ -150,8 +156,8 @@ void plan_image(const Tensor& attn, const Tensor& metric, int64_t b, int64_t k_d
     plan.target_idx[t] = remaining[t * step];
   }
   const int64_t width = metric.size(-1);
-  std::vector<float> unit_t(width * n_rem), norm(n_rem);
-  gather_metric<key_t>(metric, b, remaining, unit_t.data());
+  std::vector<float> rows(width * n_rem), unit_t(width * n_rem), norm(n_rem);
+  gather_metric<key_t>(metric, b, remaining, rows.data(), unit_t.data());
   normalise_columns(unit_t.data(), width, n_rem, norm.data());
 
   // sim[t][m] over every remaining position m, dot products in channel order; best target per m.

@@ -4,9 +4,11 @@ from __future__ import annotations
 import importlib
 import warnings
 
+import torch  # noqa: F401  (loads libtorch, which the extensions link against)
+
 try:
     from . import _C  # noqa: F401  (registers the visionzip op schemas and the C++ CPU kernel)
-except ImportError as error:  # pragma: no cover - only without a build
+except ModuleNotFoundError as error:
     raise ImportError(
         "visionzip_kernels._C is not built; install the package with "
         "`pip install --no-build-isolation -e .` from the repository root"

@@ -1,0 +1,58 @@
+"""The op as PyTorch sees it: schema, fake kernel, opcheck, torch.compile, backend listing."""
+import pytest
+import torch
+from zip_cases import ZipCase, assert_matches_reference, make_inputs
+
+import visionzip_kernels as vz
+
+OPCHECK_CASES = [
+    ZipCase(2, 33, 24, 3, 8, 6, 4),
+    ZipCase(1, 40, 16, 2, 8, 5, 0, has_cls=False, attn_layout="full", key_layout="heads"),
+    ZipCase(3, 21, 10, 2, 4, 4, 3, attn_layout="scores", key_layout="none"),
+]
+
+
+def op_args(inputs):
+    return (inputs["hidden"], inputs["attn"], inputs["k_dom"], inputs["k_ctx"], inputs["keys"], inputs["has_cls"])
+
+
+@pytest.mark.parametrize("op_name", ["zip_tokens", "_zip_tokens_cpu"])
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
+def test_opcheck(op_name, case):
+    inputs = make_inputs(case, torch.bfloat16, seed=2)
+    torch.library.opcheck(getattr(torch.ops.visionzip, op_name), op_args(inputs))
+
+
+def test_fake_kernel_gives_shapes_and_validates():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        hidden, attn = torch.empty(4, 577, 1024, dtype=torch.float16), torch.empty(4, 16, 577)
+        tokens, dominant_idx = torch.ops.visionzip.zip_tokens(hidden, attn, 54, 10, None, True)
+        assert tokens.shape == (4, 64, 1024) and tokens.dtype == torch.float16
+        assert dominant_idx.shape == (4, 54) and dominant_idx.dtype == torch.int64
+        with pytest.raises(ValueError, match="`k_dom` \\+ `k_ctx` must be <= N=577"):
+            torch.ops.visionzip.zip_tokens(hidden, attn, 570, 10, None, True)
+
+
+@pytest.mark.parametrize("entry", ["function", "torch.ops"])
+def test_torch_compile_fullgraph(entry):
+    inputs = make_inputs(ZipCase(2, 45, 32, 4, 8, 9, 5, key_layout="heads"), torch.float32, seed=3)
+
+    def zipped_and_projected(hidden, attn, keys):
+        if entry == "function":
+            tokens, dominant_idx = vz.zip_tokens(hidden, attn, 9, 5, keys)
+        else:
+            tokens, dominant_idx = torch.ops.visionzip.zip_tokens(hidden, attn, 9, 5, keys, True)
+        return tokens * 2.0, dominant_idx
+
+    compiled = torch.compile(zipped_and_projected, fullgraph=True, backend="aot_eager")
+    tokens, dominant_idx = compiled(inputs["hidden"], inputs["attn"], inputs["keys"])
+    assert_matches_reference(tokens / 2.0, dominant_idx, inputs)
+
+
+def test_available_backends():
+    assert vz.available_backends("cpu")[0] == "cpu"
+    assert "reference" in vz.available_backends("cpu")
+    assert vz.available_backends("meta") == ["reference"]
+    assert set(vz.available_backends("cuda")) <= {"triton", "cuda", "reference"}

@@ -1,0 +1,102 @@
+"""Timing for the benchmarks and the main job: medians and quantiles of repeated calls.
+
+On a GPU each call is bracketed by CUDA events (device time, launch gaps included) or, with
+``graph=True``, a CUDA graph of ``calls_per_graph`` calls is captured and its replays are timed, so
+launch overhead is amortised. On the CPU a call is timed with ``time.perf_counter``. Callers pass
+several argument sets and the calls rotate through them, so that repeated calls do not all hit
+data already in cache.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Milliseconds per call: median, 20th and 80th percentiles over ``repeats`` samples."""
+
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    repeats: int
+
+
+def _summarise(samples_ms: list[float]) -> Timing:
+    quantiles = statistics.quantiles(samples_ms, n=10, method="inclusive")
+    return Timing(statistics.median(samples_ms), quantiles[1], quantiles[7], len(samples_ms))
+
+
+def time_calls(
+    fn: Callable[..., object],
+    arg_sets: Sequence[tuple],
+    device: torch.device,
+    *,
+    warmup: int = 3,
+    repeats: int = 20,
+    graph: bool = False,
+    calls_per_graph: int = 20,
+) -> Timing:
+    """Time ``fn(*args)`` rotating through ``arg_sets`` on ``device``."""
+    device = torch.device(device)
+    for i in range(warmup):
+        fn(*arg_sets[i % len(arg_sets)])
+    if device.type != "cuda":
+        samples = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            fn(*arg_sets[i % len(arg_sets)])
+            samples.append((time.perf_counter() - start) * 1e3)
+        return _summarise(samples)
+
+    torch.cuda.synchronize(device)
+    if graph:
+        return _time_graph(fn, arg_sets, device, repeats, calls_per_graph)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+    for i, (start, end) in enumerate(events):
+        start.record()
+        fn(*arg_sets[i % len(arg_sets)])
+        end.record()
+    torch.cuda.synchronize(device)
+    return _summarise([start.elapsed_time(end) for start, end in events])
+
+
+def _time_graph(fn, arg_sets, device, repeats: int, calls_per_graph: int) -> Timing:
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for i in range(3):
+            fn(*arg_sets[i % len(arg_sets)])
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls_per_graph):
+            fn(*arg_sets[i % len(arg_sets)])
+    graph.replay()
+    torch.cuda.synchronize(device)
+    samples = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize(device)
+        samples.append(start.elapsed_time(end) / calls_per_graph)
+    return _summarise(samples)
+
+
+def copy_bandwidth_gbps(device: torch.device, n_bytes: int = 1 << 30) -> float:
+    """Measured device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written."""
+    src = torch.empty(n_bytes // 2, dtype=torch.uint8, device=device).random_(0, 255)
+    dst = torch.empty_like(src)
+    timing = time_calls(dst.copy_, [(src,)], device, repeats=10)
+    return 2 * src.numel() / (timing.median_ms * 1e-3) / 1e9
+
+
+def sets_to_exceed_cache(bytes_per_set: int, cache_bytes: int = 64 << 20, most: int = 64) -> int:
+    """How many distinct argument sets to rotate through so that together they outgrow the caches."""
+    return max(1, min(most, -(-2 * cache_bytes // max(1, bytes_per_set))))
