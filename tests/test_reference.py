@@ -65,3 +65,19 @@ def test_plan_is_applied_in_any_precision():
     wide = reference.apply_zip(inputs["hidden"].double(), plan)
     assert wide.dtype == torch.float64
     torch.testing.assert_close(reference.apply_zip(inputs["hidden"], plan).double(), wide, atol=0.02, rtol=0.01)
+
+
+def test_unit_keys_follow_the_contract_order_bit_for_bit():
+    """normalise against numpy float32: squares summed in channel order, correctly rounded root and division."""
+    import numpy as np
+
+    metric = torch.randn(3, 50, 72, generator=torch.Generator().manual_seed(5)) * 3
+    metric[0, 4] = 0.0
+    values = metric.numpy()
+    squares = np.zeros(values.shape[:-1], dtype=np.float32)
+    for d in range(values.shape[-1]):
+        squares = squares + values[..., d] * values[..., d]
+    norm = np.sqrt(squares)[..., None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = np.where(norm > 0, values / norm, np.float32(0))
+    assert np.array_equal(reference.normalise(metric).numpy(), expected)

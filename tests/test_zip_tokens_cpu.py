@@ -1,4 +1,6 @@
 """The C++ CPU backend (and the automatic choice on CPU) against the reference."""
+import zlib
+
 import pytest
 import torch
 from zip_cases import DTYPES, EDGE_CASES, MODEL_CASES, SMALL_CASES, ZipCase, assert_matches_reference, make_inputs
@@ -11,7 +13,7 @@ CASES = MODEL_CASES + SMALL_CASES + EDGE_CASES
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_cpu_matches_reference(case, dtype):
-    inputs = make_inputs(case, dtype, seed=hash(str(case)) % 1000)
+    inputs = make_inputs(case, dtype, seed=zlib.crc32(str(case).encode()) % 1000)
     assert_matches_reference(*vz.zip_tokens(**inputs, backend="cpu"), inputs)
 
 

@@ -79,8 +79,12 @@ def merge_metric(hidden: torch.Tensor, keys: torch.Tensor | None) -> torch.Tenso
 
 
 def normalise(metric: torch.Tensor) -> torch.Tensor:
-    """L2-normalised rows of ``metric`` ``[..., Dk]`` float32; a row whose norm is not > 0 is 0."""
-    norm = ordered_sum(metric * metric, dim=-1).sqrt().unsqueeze(-1)
+    """L2-normalised rows of ``metric`` ``[..., Dk]`` float32; a row whose norm is not > 0 is 0.
+
+    The square root is taken in float64 and rounded to float32, which is the correctly rounded
+    float32 root (PyTorch's float32 ``sqrt`` on the CPU is not correctly rounded).
+    """
+    norm = ordered_sum(metric * metric, dim=-1).double().sqrt().float().unsqueeze(-1)
     positive = norm > 0
     return torch.where(positive, metric / torch.where(positive, norm, 1.0), 0.0)
 
