@@ -44,6 +44,7 @@ if build_cuda():
         CUDAExtension(
             "visionzip_kernels._C_cuda",
             sorted(glob.glob("csrc/*.cu")),
+            depends=sorted(glob.glob("csrc/*.cuh")),
             extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--fmad=false"]},
         )
     )
@@ -57,5 +58,9 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)},
     python_requires=">=3.10",
     install_requires=["numpy"],
-    extras_require={"test": ["pytest"], "triton": ["triton"], "transformers": ["transformers", "pillow"]},
+    extras_require={
+        "test": ["pytest", "transformers>=5.23", "pillow"],
+        "triton": ["triton"],
+        "transformers": ["transformers>=5.23", "pillow"],
+    },
 )

@@ -1,0 +1,55 @@
+# Developer and CI targets.
+#
+#   make -j2 cuda-check   compile every csrc/*.cu with nvcc against torch's headers for each GPU
+#                         architecture the package targets (objects under build/cuda-check/), so a
+#                         syntax or type error in the CUDA kernels fails without a GPU. Without
+#                         nvcc it prints a notice and succeeds, unless CI=true.
+#
+# Variables: PYTHON (an interpreter with torch), NVCC, CUDA_ARCHS (compute capabilities, keep in
+# step with CUDA_ARCHS in setup.py), NVCC_THREADS (architectures compiled in parallel per file).
+
+PYTHON ?= python
+NVCC ?= nvcc
+CUDA_ARCHS ?= 80 86 89 90
+NVCC_THREADS ?= 2
+
+CHECK_DIR := build/cuda-check
+CUDA_SOURCES := $(wildcard csrc/*.cu)
+CUDA_HEADERS := $(wildcard csrc/*.cuh)
+CUDA_OBJECTS := $(patsubst csrc/%.cu,$(CHECK_DIR)/%.o,$(CUDA_SOURCES))
+
+# The flags setup.py's CUDAExtension compiles with. C10_CUDA_NO_CMAKE_CONFIGURE_FILE: a CPU build
+# of torch lacks the generated c10/cuda/impl/cuda_cmake_macros.h, which only matters on Windows.
+NVCC_FLAGS := -std=c++20 -O3 --fmad=false -Xcompiler -fPIC -DTORCH_API_INCLUDE_EXTENSION_H \
+	-DTORCH_EXTENSION_NAME=_C_cuda -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE --threads $(NVCC_THREADS) \
+	$(foreach arch,$(CUDA_ARCHS),-gencode arch=compute_$(arch),code=sm_$(arch))
+
+# Include directories, common nvcc flags and C++ ABI of the installed torch, one line.
+TORCH_FLAGS_SCRIPT := import sysconfig, torch, torch.utils.cpp_extension as ext; \
+	dirs = ext.include_paths() + [sysconfig.get_paths()["include"]]; \
+	print(" ".join(["-I" + d for d in dirs] + ext.COMMON_NVCC_FLAGS \
+	+ ["-D_GLIBCXX_USE_CXX11_ABI=%d" % torch._C._GLIBCXX_USE_CXX11_ABI]))
+
+.PHONY: cuda-check cuda-check-objects FORCE
+
+cuda-check:
+	@if command -v $(NVCC) >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory cuda-check-objects; \
+	elif [ "$(CI)" = "true" ]; then \
+		echo "nvcc not found: the CUDA compile check cannot run (CI=true)" >&2; exit 1; \
+	else \
+		echo "nvcc not found: skipping the CUDA compile check"; \
+	fi
+
+cuda-check-objects: $(CUDA_OBJECTS)
+
+# Rewritten only when the flags change, so that objects rebuild when torch does.
+$(CHECK_DIR)/torch-flags: FORCE
+	@mkdir -p $(@D)
+	@$(PYTHON) -c '$(TORCH_FLAGS_SCRIPT)' > $@.new
+	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+
+$(CHECK_DIR)/%.o: csrc/%.cu $(CUDA_HEADERS) $(CHECK_DIR)/torch-flags Makefile
+	$(NVCC) $(NVCC_FLAGS) $$(cat $(CHECK_DIR)/torch-flags) -c $< -o $@
+
+FORCE:
