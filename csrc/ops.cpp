@@ -1,14 +1,13 @@
 // The visionzip operator library: every schema, defined once.
 //
-// `zip_tokens` and `attention_importance` are the public ops; their CPU and CUDA kernels are
-// registered from Python (visionzip_kernels/ops.py), which validates the arguments once and then
-// runs the chosen backend. The underscored ops are those backends' entry points: they trust
+// `zip_tokens` and `attention_importance` are the public ops; their fake, CPU and CUDA kernels are
+// registered from Python (visionzip_kernels/ops.py and importance.py), which validate the arguments
+// once and then run the chosen backend. The underscored ops are those backends' entry points: they trust
 // their inputs and are called only after that validation.
 #include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(visionzip, m) {
-  m.set_python_module("visionzip_kernels.ops");
   m.def(
       "zip_tokens(Tensor hidden, Tensor attn, int k_dom, int k_ctx, Tensor? keys=None, "
       "bool has_cls=True) -> (Tensor, Tensor)");

@@ -1,0 +1,133 @@
+"""Run a CLIP or SigLIP vision encoder to its penultimate layer, as VisionZip needs it.
+
+VisionZip reads three things from the **penultimate** encoder layer: its output hidden states
+(``hidden_states[-2]``), the attention its queries give the keys, and its keys. The published code
+gets them from ``output_attentions=True``, which forces eager attention in every layer and keeps
+every layer's ``N x N`` map. Here every layer keeps the model's own attention implementation
+(SDPA/FlashAttention), the penultimate layer's queries and keys are captured as its projections
+produce them (forward hooks, no second projection), the last layer is not run at all, and
+``attention_importance`` computes what ``zip_tokens`` needs without the map.
+
+In transformers 5 the vision transformer is the ``CLIPVisionModel`` / ``SiglipVisionModel``
+itself (``embeddings``, CLIP's ``pre_layrnorm``, ``encoder.layers``); a model that holds one as
+``vision_model`` (``CLIPModel``, ``SiglipModel``, ``CLIPVisionModelWithProjection``) is accepted too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import CLIPVisionModel, SiglipVisionModel
+
+from ..importance import BACKENDS as IMPORTANCE_BACKENDS
+from ..importance import attention_importance
+from ..ops import zip_tokens
+
+VISION_MODELS = (CLIPVisionModel, SiglipVisionModel)
+
+
+@dataclass(frozen=True)
+class PenultimateOutputs:
+    """What VisionZip reads from the penultimate encoder layer of ``B`` images of ``N`` tokens.
+
+    hidden: ``[B, N, D]`` the layer's output (``hidden_states[-2]``), in the model's dtype.
+    query:  ``[B, H, N, hd]`` the layer's query projections, unscaled (a view, token-major).
+    key:    ``[B, H, N, hd]`` the layer's key projections (a view, token-major).
+    scale:  the layer's softmax scale.
+    """
+
+    hidden: torch.Tensor
+    query: torch.Tensor
+    key: torch.Tensor
+    scale: float
+
+
+def vision_transformer(model):
+    """The ``CLIPVisionModel`` or ``SiglipVisionModel`` that is ``model`` or its ``vision_model``."""
+    if isinstance(model, VISION_MODELS):
+        return model
+    inner = getattr(model, "vision_model", None)
+    if isinstance(inner, VISION_MODELS):
+        return inner
+    raise TypeError(
+        "VisionZip encoder: expected a CLIPVisionModel or SiglipVisionModel, or a model holding "
+        f"one as `vision_model`, got {type(model).__name__}"
+    )
+
+
+def has_cls_token(model) -> bool:
+    """Whether the encoder's token 0 is a CLS token: True for CLIP, False for SigLIP."""
+    return isinstance(vision_transformer(model), CLIPVisionModel)
+
+
+def _heads(projection: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """``[B, N, H * hd]`` -> ``[B, H, N, hd]`` view, as the attention layer splits its heads."""
+    batch, n_tokens, _ = projection.shape
+    return projection.view(batch, n_tokens, heads, head_dim).transpose(1, 2)
+
+
+def run_to_penultimate(model, pixel_values: torch.Tensor) -> PenultimateOutputs:
+    """Embeddings (and CLIP's ``pre_layrnorm``), then every encoder layer but the last.
+
+    pixel_values: ``[B, C, image_size, image_size]``. The layers run with the model's attention
+    implementation; the last layer, whose output VisionZip never uses, is not run. The
+    penultimate layer's queries and keys are taken from its ``q_proj``/``k_proj`` outputs by
+    forward hooks, removed afterwards whatever happens.
+    """
+    tower = vision_transformer(model)
+    layers = tower.encoder.layers
+    if len(layers) < 2:
+        raise ValueError(
+            f"VisionZip encoder: the encoder needs at least 2 layers to have a penultimate one, "
+            f"got {len(layers)}"
+        )
+    attention = layers[-2].self_attn
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(name: str):
+        def hook(module, inputs, output):
+            captured[name] = output
+
+        return hook
+
+    handles = [
+        attention.q_proj.register_forward_hook(capture("query")),
+        attention.k_proj.register_forward_hook(capture("key")),
+    ]
+    try:
+        hidden = tower.embeddings(pixel_values)
+        if isinstance(tower, CLIPVisionModel):
+            hidden = tower.pre_layrnorm(hidden)
+        for layer in layers[:-1]:
+            hidden = layer(hidden, None)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return PenultimateOutputs(
+        hidden=hidden,
+        query=_heads(captured["query"], attention.num_heads, attention.head_dim),
+        key=_heads(captured["key"], attention.num_heads, attention.head_dim),
+        scale=float(attention.scale),
+    )
+
+
+def visionzip_features(
+    model, pixel_values: torch.Tensor, k_dom: int, k_ctx: int, *, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VisionZip's tokens for a batch of images: ``(tokens [B, k_dom + k_ctx, D], dominant_idx [B, k_dom])``.
+
+    ``zip_tokens(hidden, attention_importance(query, key, has_cls, scale), k_dom, k_ctx,
+    keys=key, has_cls)`` on the penultimate layer (``run_to_penultimate``). ``backend`` is
+    ``zip_tokens``'s; ``attention_importance`` runs the backend of the same name where it has one
+    (``"reference"``, ``"cpu"``, ``"triton"``) and its automatic choice otherwise.
+    """
+    outputs = run_to_penultimate(model, pixel_values)
+    has_cls = has_cls_token(model)
+    importance = attention_importance(
+        outputs.query,
+        outputs.key,
+        has_cls,
+        outputs.scale,
+        backend=backend if backend in IMPORTANCE_BACKENDS else "auto",
+    )
+    return zip_tokens(outputs.hidden, importance, k_dom, k_ctx, outputs.key, has_cls, backend=backend)
