@@ -1,0 +1,76 @@
+"""The VisionZip token budget, checked against the vision encoder it will be applied to.
+
+``dominant`` counts the CLS token where the encoder has one (CLIP), as in the paper: the LLaVA-1.5
+default ``dominant=54, contextual=10`` keeps the CLS token, 53 patch tokens and 10 merged tokens,
+64 in all. SigLIP has no CLS token, so its ``dominant`` tokens are all patch tokens.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+from ..ops import BACKENDS
+from .encoder import has_cls_token, vision_transformer
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many tokens VisionZip keeps per image (per crop for LLaVA-NeXT), and which op backend.
+
+    dominant: tokens kept by attention, counting the CLS token where there is one (>= 1).
+    contextual: merged tokens (>= 0).
+    backend: the ``zip_tokens`` backend (``visionzip_kernels.ops.BACKENDS``).
+    """
+
+    dominant: int
+    contextual: int
+    backend: str = "auto"
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per image (per crop): ``dominant + contextual``."""
+        return self.dominant + self.contextual
+
+
+def encoder_tokens(tower) -> int:
+    """Tokens the vision encoder produces per image: its patches, plus 1 for a CLS token."""
+    config = vision_transformer(tower).config
+    patches = (config.image_size // config.patch_size) ** 2
+    return patches + int(has_cls_token(tower))
+
+
+def _as_count(value, name: str) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"apply_visionzip: `{name}` must be an int, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"apply_visionzip: `{name}` must be an int, got {type(value).__name__}"
+        ) from None
+
+
+def make_budget(tower, dominant, contextual, backend: str) -> Budget:
+    """A ``Budget`` for ``tower`` (a CLIP or SigLIP vision model), or a clear error.
+
+    Raises ``TypeError`` for a non-int count, ``ValueError`` for ``dominant < 1``,
+    ``contextual < 0``, ``dominant + contextual`` above the encoder's token count, or an unknown
+    ``backend``.
+    """
+    dominant = _as_count(dominant, "dominant")
+    contextual = _as_count(contextual, "contextual")
+    if dominant < 1:
+        counted = " (it counts the CLS token)" if has_cls_token(tower) else ""
+        raise ValueError(f"apply_visionzip: `dominant` must be >= 1{counted}, got {dominant}")
+    if contextual < 0:
+        raise ValueError(f"apply_visionzip: `contextual` must be >= 0, got {contextual}")
+    available = encoder_tokens(tower)
+    if dominant + contextual > available:
+        raise ValueError(
+            f"apply_visionzip: `dominant` + `contextual` = {dominant} + {contextual} = "
+            f"{dominant + contextual} is more than the {available} tokens the vision encoder "
+            f"({type(vision_transformer(tower)).__name__}) produces per image"
+        )
+    if backend not in BACKENDS:
+        raise ValueError(f"apply_visionzip: `backend` must be one of {BACKENDS}, got {backend!r}")
+    return Budget(dominant, contextual, backend)

@@ -1,0 +1,100 @@
+"""Instance-level patches and the handle that undoes them.
+
+``apply_visionzip`` never touches a class: it sets a few attributes on the model's and the
+processor's *instances* (a replacement method bound to that one object). Removing such an attribute
+makes Python find the class's own method again, so undoing is exact: the objects' ``__dict__`` and
+every output are what they were before.
+"""
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class InstancePatch:
+    """One replaced attribute: ``owner.<name>`` is ``value``, shadowing the class's attribute."""
+
+    owner: Any
+    name: str
+    value: Any
+
+    def restore(self) -> None:
+        """Delete the instance attribute, if still ours: the class's attribute shows again."""
+        if vars(self.owner).get(self.name) is self.value:
+            delattr(self.owner, self.name)
+
+
+def bind_methods(owner: Any, functions: dict[str, Callable], owner_arg: str) -> list[InstancePatch]:
+    """Set ``owner.<name>`` to each ``functions[name]`` bound to ``owner``; return the patches.
+
+    Each ``function(owner, *args, **kwargs)`` is bound with ``types.MethodType``, so a
+    ``copy.deepcopy`` of ``owner`` gets methods bound to the copy. ``owner_arg`` names ``owner`` in
+    errors. All names are checked before any is set.
+
+    Raises ``ValueError`` when ``owner`` already has an instance attribute of one of the names:
+    VisionZip is already applied, or another library (e.g. accelerate's hooks on ``forward``)
+    replaced it, and stacking patches would make undoing ambiguous.
+    """
+    for name in functions:
+        if name in vars(owner):
+            raise ValueError(
+                f"apply_visionzip: `{owner_arg}` already has its own `{name}` attribute on the "
+                "instance (VisionZip is already applied, or another library replaced it); call "
+                "`.remove()` on the handle of the earlier apply_visionzip first"
+            )
+    patches = []
+    for name, function in functions.items():
+        value = types.MethodType(function, owner)
+        setattr(owner, name, value)
+        patches.append(InstancePatch(owner, name, value))
+    return patches
+
+
+class VisionZipHandle:
+    """What ``apply_visionzip`` changed, and how to undo it.
+
+    Attributes: ``model`` and ``processor`` (``None`` if none was given), ``dominant`` and
+    ``contextual`` (the budget), ``tokens_per_crop`` (``dominant + contextual``: the tokens each
+    image, or each LLaVA-NeXT crop, becomes), ``active`` (``False`` once removed).
+
+    ``remove()`` restores the model and the processor exactly; calling it again does nothing.
+    The handle is also a context manager: ``with apply_visionzip(model, processor): ...`` removes
+    VisionZip on leaving the block.
+    """
+
+    def __init__(
+        self, model, processor, dominant: int, contextual: int, patches: list[InstancePatch]
+    ):
+        self.model = model
+        self.processor = processor
+        self.dominant = dominant
+        self.contextual = contextual
+        self._patches = list(patches)
+
+    @property
+    def tokens_per_crop(self) -> int:
+        return self.dominant + self.contextual
+
+    @property
+    def active(self) -> bool:
+        return bool(self._patches)
+
+    def remove(self) -> None:
+        """Undo every patch, last applied first."""
+        while self._patches:
+            self._patches.pop().restore()
+
+    def __enter__(self) -> VisionZipHandle:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "removed"
+        return (
+            f"VisionZipHandle({type(self.model).__name__}, dominant={self.dominant}, "
+            f"contextual={self.contextual}, {state})"
+        )

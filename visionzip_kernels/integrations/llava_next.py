@@ -1,0 +1,103 @@
+"""VisionZip in LLaVA-NeXT (``LlavaNextForConditionalGeneration``): each crop is zipped tokens.
+
+As for LLaVA-1.5 (``llava.py``) the one method replaced is ``get_image_features`` of the inner
+``LlavaNextModel`` instance. Each crop of an image (the base crop and every high-resolution crop)
+is zipped on its own to ``dominant + contextual`` tokens (the CLS token kept among the dominant
+tokens, whatever ``vision_feature_select_strategy`` says) and projected; an image's features are
+then laid out as ``layout.py`` describes: the base crop's tokens, then each row of crops followed by
+one ``image_newline`` token. The processor (``processor.py``) writes the same number of
+placeholders, from the same functions.
+
+Unlike the published code, this works for any crop grid (``image_grid_pinpoints``) and encoder
+size, and keeps the newline tokens.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+from .budget import Budget
+from .handle import InstancePatch, bind_methods
+from .layout import crop_grid
+from .llava import check_feature_layer, project_zipped
+from .outputs import VisionZipOutput, pop_return_dict
+
+
+def pack_image(crops: torch.Tensor, rows: int, cols: int, newline: torch.Tensor) -> torch.Tensor:
+    """One image's features in the ``layout.py`` order.
+
+    crops: ``[1 + rows * cols, t, D]`` the base crop then the high-resolution crops, row-major;
+    newline: ``[D]``. Returns ``[t * (1 + rows * cols) + rows, D]``.
+    """
+    base, grid = crops[0], crops[1:]
+    width = crops.shape[-1]
+    crop_rows = grid.reshape(rows, cols * crops.shape[1], width)
+    newlines = newline.to(device=crops.device, dtype=crops.dtype).expand(rows, 1, width)
+    return torch.cat([base, torch.cat([crop_rows, newlines], dim=1).flatten(0, 1)], dim=0)
+
+
+def get_image_features(
+    llava_model,
+    pixel_values: torch.Tensor,
+    image_sizes,
+    vision_feature_layer=None,
+    vision_feature_select_strategy=None,
+    *,
+    budget: Budget,
+    **kwargs,
+):
+    """The replacement ``LlavaNextModel.get_image_features``.
+
+    pixel_values: ``[B, max_crops, 3, H, W]`` (padded per image) or ``[total_crops, 3, H, W]``;
+    image_sizes: ``[B, 2]`` original ``(height, width)`` of each image.
+    Returns a ``VisionZipOutput``: ``pooler_output`` the list of ``B`` packed features
+    ``[t * (1 + rows * cols) + rows, D_text]``; ``last_hidden_state``
+    ``[total_crops, t, D_vision]`` the zipped tokens of every crop before the projector;
+    ``dominant_idx`` ``[total_crops, dominant]``. ``return_dict=False`` returns the tuple.
+    """
+    caller = "VisionZip get_image_features"
+    config = llava_model.config
+    if vision_feature_layer is not None:
+        check_feature_layer(vision_feature_layer, config.vision_config, caller)
+    return_dict = pop_return_dict(kwargs, caller)
+    crop_size = config.vision_config.image_size
+    num_crops = [
+        image_size_to_num_patches(size, config.image_grid_pinpoints, crop_size)
+        for size in image_sizes
+    ]
+    if pixel_values.dim() == 5:
+        pixel_values = torch.cat(
+            [pixels[:count] for pixels, count in zip(pixel_values, num_crops)], dim=0
+        )
+    elif pixel_values.dim() != 4:
+        raise ValueError(
+            f"{caller}: `pixel_values` must be [B, crops, 3, H, W] or [crops, 3, H, W], "
+            f"got shape {tuple(pixel_values.shape)}"
+        )
+
+    tokens, dominant_idx, features = project_zipped(llava_model, pixel_values, budget)
+    packed = []
+    for size, crops in zip(image_sizes, torch.split(features, num_crops, dim=0)):
+        rows, cols = crop_grid(size, config.image_grid_pinpoints, crop_size, crop_size)
+        if rows * cols != crops.shape[0] - 1:
+            raise ValueError(
+                f"{caller}: an image of size {tuple(int(s) for s in size)} has "
+                f"{crops.shape[0] - 1} high-resolution crops, not the {rows} x {cols} grid its "
+                "`image_grid_pinpoints` give"
+            )
+        packed.append(pack_image(crops, rows, cols, llava_model.image_newline))
+    output = VisionZipOutput(
+        last_hidden_state=tokens, pooler_output=packed, dominant_idx=dominant_idx
+    )
+    return output.to_tuple() if return_dict is False else output
+
+
+def patch_llava_next(llava_model, budget: Budget) -> list[InstancePatch]:
+    """Replace ``get_image_features`` on the ``LlavaNextModel`` instance; the patch undoes it."""
+    check_feature_layer(
+        llava_model.config.vision_feature_layer, llava_model.config.vision_config, "apply_visionzip"
+    )
+    methods = {"get_image_features": functools.partial(get_image_features, budget=budget)}
+    return bind_methods(llava_model, methods, owner_arg="model")
