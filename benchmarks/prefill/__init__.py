@@ -1,0 +1,6 @@
+"""Pieces of the end-to-end prefill benchmark (``benchmarks/bench_prefill.py``).
+
+``geometry`` (model shapes and budgets), ``models`` (random-weight builders), ``pipelines`` (the
+three pipelines as stages), ``timing`` (device timer), ``measure`` (stages to rows), ``rows``
+(the data file), ``report`` (markdown and ratios), ``chart`` (PNG), ``paper`` (the paper's numbers).
+"""
