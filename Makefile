@@ -1,5 +1,11 @@
 # Developer and CI targets.
 #
+#   make demo             install, then run the main job (python -m visionzip_kernels): every
+#                         backend checked against the reference and timed, on synthetic inputs.
+#   make test             install, compile-check the CUDA and CMake builds, run the test suite.
+#   make install          torch 2.13.0 if no torch is installed (never a second, CUDA build), the
+#                         other requirements, then the package itself, editable.
+#   make cmake-check      build csrc/ with CMake (build/cmake/), as a C++ developer would.
 #   make -j2 cuda-check   compile every csrc/*.cu with nvcc against torch's headers for each GPU
 #                         architecture the package targets (objects under build/cuda-check/), so a
 #                         syntax or type error in the CUDA kernels fails without a GPU. Without
@@ -30,7 +36,29 @@ TORCH_FLAGS_SCRIPT := import sysconfig, torch, torch.utils.cpp_extension as ext;
 	print(" ".join(["-I" + d for d in dirs] + ext.COMMON_NVCC_FLAGS \
 	+ ["-D_GLIBCXX_USE_CXX11_ABI=%d" % torch._C._GLIBCXX_USE_CXX11_ABI]))
 
-.PHONY: cuda-check cuda-check-objects FORCE
+.PHONY: install demo test cmake-check cuda-check cuda-check-objects FORCE
+
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install -r requirements.txt
+	$(PYTHON) -m pip install --no-build-isolation -e .
+
+demo: install
+	$(PYTHON) -m visionzip_kernels
+
+test: install
+	$(MAKE) --no-print-directory -j2 cuda-check cmake-check
+	$(PYTHON) -m pytest -q tests
+
+cmake-check:
+	@if command -v cmake >/dev/null 2>&1; then \
+		cmake -S . -B build/cmake -DPython3_EXECUTABLE="$$(command -v $(PYTHON))" >/dev/null && \
+		cmake --build build/cmake -j2; \
+	elif [ "$(CI)" = "true" ]; then \
+		echo "cmake not found: the CMake build check cannot run (CI=true)" >&2; exit 1; \
+	else \
+		echo "cmake not found: skipping the CMake build check"; \
+	fi
 
 cuda-check:
 	@if command -v $(NVCC) >/dev/null 2>&1; then \
