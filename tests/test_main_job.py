@@ -10,7 +10,7 @@ SMALL_GEOMETRIES = [("CLIP-like", 80, 48, 4, 16, True), ("SigLIP-like", 90, 40, 
 
 def test_main_job_checks_every_backend(monkeypatch, capsys):
     monkeypatch.setattr(main_job, "GEOMETRIES", SMALL_GEOMETRIES)
-    assert main_job.main(["--batch", "2"]) == 0
+    assert main_job.main(["--batch", "2", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "all backends agree with the reference" in out
     for backend in main_job.available_backends("cpu"):
@@ -26,7 +26,7 @@ def test_main_job_fails_when_a_backend_disagrees(monkeypatch, capsys):
         return (tokens * 1.01, dominant_idx) if backend == "cpu" else (tokens, dominant_idx)
 
     monkeypatch.setattr(main_job, "zip_tokens", wrong_cpu_backend)
-    assert main_job.main(["--batch", "1"]) == 1
+    assert main_job.main(["--batch", "1", "--device", "cpu"]) == 1
     assert "FAILED" in capsys.readouterr().out
 
 
@@ -34,7 +34,9 @@ def test_zip_tokens_benchmark_writes_rows(tmp_path, capsys):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import bench_zip_tokens
 
-    bench_zip_tokens.main(["--batches", "2", "--dtypes", "bfloat16", "--layouts", "rows", "--results-dir", str(tmp_path)])
+    bench_zip_tokens.main(
+        ["--device", "cpu", "--batches", "2", "--dtypes", "bfloat16", "--layouts", "rows", "--results-dir", str(tmp_path)]
+    )
     rows = list(csv.DictReader((tmp_path / "zip_tokens_cpu.csv").open()))
     assert {row["provider"] for row in rows} == {"cpu", "reference", "published"}
     assert all(float(row["median_ms"]) > 0 and row["commit"] and row["device"] for row in rows)

@@ -46,7 +46,7 @@ def _row_lse_kernel(
     DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """lse[b, h, i] = log(sum_j exp(s_ij)) for the BLOCK_M query rows of one program."""
-    bh = tl.program_id(0)
+    bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: q and k may pass 2**31 elements
     batch = bh // n_heads
     head = bh % n_heads
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -96,7 +96,7 @@ def _column_mean_kernel(
     DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """out[b, h, j] = mean_{i < n_queries} exp(s_ij - lse_i) for the BLOCK_N keys of one program."""
-    bh = tl.program_id(0)
+    bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: q and k may pass 2**31 elements
     batch = bh // n_heads
     head = bh % n_heads
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
