@@ -177,3 +177,15 @@ def test_vision_transformer_and_cls():
 def test_one_layer_encoder_is_refused(pixel_values):
     with pytest.raises(ValueError, match="at least 2 layers"):
         run_to_penultimate(tiny_clip(layers=1), pixel_values)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ("auto", "reference"))
+@torch.no_grad()
+def test_visionzip_features_on_the_gpu_match_the_cpu(model, pixel_values, backend):
+    """The SDPA encoder, the Triton importance and the GPU zip give the CPU's indices and tokens."""
+    expected_tokens, expected_idx = visionzip_features(model, pixel_values, K_DOM, K_CTX)
+    tokens, dominant_idx = visionzip_features(model.cuda(), pixel_values.cuda(), K_DOM, K_CTX, backend=backend)
+    assert tokens.is_cuda and dominant_idx.is_cuda
+    torch.testing.assert_close(dominant_idx.cpu(), expected_idx, rtol=0, atol=0)
+    torch.testing.assert_close(tokens.cpu(), expected_tokens, **TOL)
