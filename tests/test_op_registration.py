@@ -51,6 +51,19 @@ def test_torch_compile_fullgraph(entry):
     assert_matches_reference(tokens / 2.0, dominant_idx, inputs)
 
 
+def test_torch_compile_inductor():
+    """The default compiler too: the op stays opaque and the surrounding code is generated."""
+    inputs = make_inputs(ZipCase(2, 45, 32, 4, 8, 9, 5, key_layout="heads"), torch.float32, seed=4)
+
+    def zipped_and_projected(hidden, attn, keys):
+        tokens, dominant_idx = vz.zip_tokens(hidden, attn, 9, 5, keys)
+        return tokens * 2.0, dominant_idx
+
+    compiled = torch.compile(zipped_and_projected, fullgraph=True)
+    tokens, dominant_idx = compiled(inputs["hidden"], inputs["attn"], inputs["keys"])
+    assert_matches_reference(tokens / 2.0, dominant_idx, inputs)
+
+
 def test_available_backends():
     assert vz.available_backends("cpu")[0] == "cpu"
     assert "reference" in vz.available_backends("cpu")
