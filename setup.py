@@ -34,6 +34,7 @@ extensions = [
     CppExtension(
         "visionzip_kernels._C",
         sorted(glob.glob("csrc/*.cpp")),
+        depends=sorted(glob.glob("csrc/*.h")),
         extra_compile_args={"cxx": CXX_FLAGS},
         extra_link_args=["-fopenmp"],
     )

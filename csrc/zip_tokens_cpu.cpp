@@ -24,7 +24,10 @@
 #include <numeric>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
+
+#include "half_rows.h"
 
 namespace visionzip {
 namespace {
@@ -82,6 +85,12 @@ void gather_metric(const Tensor& metric, int64_t b, const std::vector<int64_t>& 
     std::fill(row, row + width, 0.f);
     for (int64_t h = 0; h < heads; ++h) {
       const key_t* src = base + b * st[0] + (per_head ? h * st[1] : 0) + remaining[m] * token_stride;
+      if constexpr (std::is_same_v<key_t, c10::Half>) {
+        if (chan_stride == 1) {
+          add_half_row(src, row, width);
+          continue;
+        }
+      }
       for (int64_t d = 0; d < width; ++d) row[d] += static_cast<float>(src[d * chan_stride]);
     }
     if (per_head) {
@@ -209,7 +218,11 @@ void apply_block(const Tensor& hidden, const int64_t* dominant, const ImagePlan&
   for (size_t m = 0; m < plan.merge_idx.size(); ++m) {
     const scalar_t* src = h_base + plan.merge_idx[m] * h_row;
     float* acc = sums.data() + plan.merge_assign[m] * n_chan;
-    for (int64_t c = 0; c < n_chan; ++c) acc[c] += static_cast<float>(src[c]);
+    if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+      add_half_row(src, acc, n_chan);
+    } else {
+      for (int64_t c = 0; c < n_chan; ++c) acc[c] += static_cast<float>(src[c]);
+    }
   }
   for (int64_t t = 0; t < k_ctx; ++t) {
     const scalar_t* target = h_base + plan.target_idx[t] * h_row;
