@@ -26,13 +26,14 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
 
 
-def _as_int(value, name: str) -> int:
+def as_int(value, name: str, caller: str = "zip_tokens") -> int:
+    """``value`` as an int (any integer type but bool), or a ``TypeError`` naming ``caller``'s argument."""
     if isinstance(value, bool):
-        raise TypeError(f"zip_tokens: `{name}` must be an int, got bool")
+        raise TypeError(f"{caller}: `{name}` must be an int, got bool")
     try:
         return operator.index(value)
     except TypeError:
-        raise TypeError(f"zip_tokens: `{name}` must be an int, got {type(value).__name__}") from None
+        raise TypeError(f"{caller}: `{name}` must be an int, got {type(value).__name__}") from None
 
 
 def _check_tensor(tensor, name: str, ranks: dict[int, str]) -> None:
@@ -55,8 +56,8 @@ def check_zip_tokens_args(hidden, attn, k_dom, k_ctx, keys=None, has_cls=True) -
         _check_tensor(keys, "keys", {3: "[B, N, Dk]", 4: "[B, H, N, hd]"})
     if not isinstance(has_cls, bool):
         raise TypeError(f"zip_tokens: `has_cls` must be a bool, got {type(has_cls).__name__}")
-    k_dom = _as_int(k_dom, "k_dom")
-    k_ctx = _as_int(k_ctx, "k_ctx")
+    k_dom = as_int(k_dom, "k_dom")
+    k_ctx = as_int(k_ctx, "k_ctx")
 
     batch, n_tokens, _ = hidden.shape
     attn_tokens = attn.shape[-1]

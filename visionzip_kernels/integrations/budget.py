@@ -6,10 +6,9 @@ default ``dominant=54, contextual=10`` keeps the CLS token, 53 patch tokens and 
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
-from ..ops import BACKENDS
+from ..ops import BACKENDS, as_int
 from .encoder import has_cls_token, vision_transformer
 
 
@@ -39,17 +38,6 @@ def encoder_tokens(tower) -> int:
     return patches + int(has_cls_token(tower))
 
 
-def _as_count(value, name: str) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"apply_visionzip: `{name}` must be an int, got bool")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"apply_visionzip: `{name}` must be an int, got {type(value).__name__}"
-        ) from None
-
-
 def make_budget(tower, dominant, contextual, backend: str) -> Budget:
     """A ``Budget`` for ``tower`` (a CLIP or SigLIP vision model), or a clear error.
 
@@ -57,8 +45,8 @@ def make_budget(tower, dominant, contextual, backend: str) -> Budget:
     ``contextual < 0``, ``dominant + contextual`` above the encoder's token count, or an unknown
     ``backend``.
     """
-    dominant = _as_count(dominant, "dominant")
-    contextual = _as_count(contextual, "contextual")
+    dominant = as_int(dominant, "dominant", "apply_visionzip")
+    contextual = as_int(contextual, "contextual", "apply_visionzip")
     if dominant < 1:
         counted = " (it counts the CLS token)" if has_cls_token(tower) else ""
         raise ValueError(f"apply_visionzip: `dominant` must be >= 1{counted}, got {dominant}")
