@@ -92,10 +92,16 @@ def get_image_features(
     return output.to_tuple() if return_dict is False else output
 
 
-def patch_llava(llava_model, budget: Budget) -> list[InstancePatch]:
-    """Replace ``get_image_features`` on the ``LlavaModel`` instance; the patch undoes it."""
+def patch_image_features(llava_model, budget: Budget, image_features) -> list[InstancePatch]:
+    """Replace ``get_image_features`` on a ``LlavaModel``/``LlavaNextModel`` instance with
+    ``image_features`` (which takes ``budget``); the patch undoes it."""
     check_feature_layer(
         llava_model.config.vision_feature_layer, llava_model.config.vision_config, "apply_visionzip"
     )
-    methods = {"get_image_features": functools.partial(get_image_features, budget=budget)}
+    methods = {"get_image_features": functools.partial(image_features, budget=budget)}
     return bind_methods(llava_model, methods, owner_arg="model")
+
+
+def patch_llava(llava_model, budget: Budget) -> list[InstancePatch]:
+    """Replace ``get_image_features`` on the ``LlavaModel`` instance; the patch undoes it."""
+    return patch_image_features(llava_model, budget, get_image_features)

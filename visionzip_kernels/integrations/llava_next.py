@@ -13,15 +13,13 @@ size, and keeps the newline tokens.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from .budget import Budget
-from .handle import InstancePatch, bind_methods
+from .handle import InstancePatch
 from .layout import crop_grid
-from .llava import check_feature_layer, project_zipped
+from .llava import check_feature_layer, patch_image_features, project_zipped
 from .outputs import VisionZipOutput, pop_return_dict
 
 
@@ -96,8 +94,4 @@ def get_image_features(
 
 def patch_llava_next(llava_model, budget: Budget) -> list[InstancePatch]:
     """Replace ``get_image_features`` on the ``LlavaNextModel`` instance; the patch undoes it."""
-    check_feature_layer(
-        llava_model.config.vision_feature_layer, llava_model.config.vision_config, "apply_visionzip"
-    )
-    methods = {"get_image_features": functools.partial(get_image_features, budget=budget)}
-    return bind_methods(llava_model, methods, owner_arg="model")
+    return patch_image_features(llava_model, budget, get_image_features)
