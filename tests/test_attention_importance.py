@@ -24,6 +24,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+import visionzip_kernels.importance
 from visionzip_kernels.importance import attention_backends, attention_importance
 from visionzip_kernels.ops import triton_interpreter_on
 
@@ -239,9 +240,7 @@ def test_bad_input_raises_through_the_op():
 
 
 def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
-    # The module, not the function of the same name the package exports.
-    importance_module = importlib.import_module("visionzip_kernels.importance")
-    monkeypatch.setattr(importance_module, "triton_interpreter_on", lambda: False)
+    monkeypatch.setattr(visionzip_kernels.importance, "triton_interpreter_on", lambda: False)
     with pytest.raises(ValueError, match="set TRITON_INTERPRET=1"):
         attention_importance(Q, K, backend="triton")
 
