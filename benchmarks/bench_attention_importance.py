@@ -45,9 +45,9 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_environment import RESULTS_DIR, device_slug, environment, write_rows  # noqa: E402
 
-from visionzip_kernels.importance import attention_importance  # noqa: E402
+from visionzip_kernels import attention_importance  # noqa: E402
 from visionzip_kernels.integrations.encoder import has_cls_token, run_to_penultimate  # noqa: E402
-from visionzip_kernels.timing import time_calls  # noqa: E402
+from visionzip_kernels.testing.timing import time_calls  # noqa: E402
 
 MIB = 1 << 20
 CPU_LAYERS = 4  # the full encoders take tens of seconds per call on a few CPU cores

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_environment import RESULTS_DIR, device_slug, environment, write_rows  # noqa: E402
 
 import visionzip_kernels as vz  # noqa: E402
-from visionzip_kernels.published import published_zip_tokens  # noqa: E402
-from visionzip_kernels.timing import copy_bandwidth_gbps, sets_to_exceed_cache, time_calls  # noqa: E402
+from visionzip_kernels.testing.published import published_zip_tokens  # noqa: E402
+from visionzip_kernels.testing.timing import copy_bandwidth_gbps, sets_to_exceed_cache, time_calls  # noqa: E402
 
 N_TOKENS, WIDTH, HEADS, HEAD_DIM, K_DOM, K_CTX = 577, 1024, 16, 64, 54, 10
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -1,9 +1,10 @@
 // The visionzip operator library: every schema, defined once.
 //
-// `zip_tokens` and `attention_importance` are the public ops; their fake, CPU and CUDA kernels are
-// registered from Python (visionzip_kernels/ops.py and importance.py), which validate the arguments
-// once and then run the chosen backend. The underscored ops are those backends' entry points: they trust
-// their inputs and are called only after that validation.
+// `zip_tokens` and `attention_importance` are the public ops. The underscored ops are their backends,
+// `_<op>_<backend>`: `cpu` (C++, csrc/<op>_cpu.cpp), `cuda` (CUDA C++, csrc/<op>_cuda.cu) and `triton`
+// (a Python kernel, visionzip_kernels/ops/<op>/triton.py). The public ops' kernels, every fake kernel
+// and the Triton kernels are registered from Python (visionzip_kernels/backends.py), where each op's
+// arguments are validated once before any backend runs.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -18,7 +19,13 @@ TORCH_LIBRARY(visionzip, m) {
       "_zip_tokens_cuda(Tensor hidden, Tensor attn, int k_dom, int k_ctx, Tensor? keys=None, "
       "bool has_cls=True) -> (Tensor, Tensor)");
   m.def(
+      "_zip_tokens_triton(Tensor hidden, Tensor attn, int k_dom, int k_ctx, Tensor? keys=None, "
+      "bool has_cls=True) -> (Tensor, Tensor)");
+  m.def(
       "attention_importance(Tensor q, Tensor k, bool has_cls=True, float? scale=None, *, "
+      "Tensor? lse=None) -> Tensor");
+  m.def(
+      "_attention_importance_triton(Tensor q, Tensor k, bool has_cls, float scale, *, "
       "Tensor? lse=None) -> Tensor");
 }
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from visionzip_kernels import _native, ops
+import visionzip_kernels as vz
+from visionzip_kernels import _extension
 from zip_cases import (
     DTYPES,
     EDGE_CASES,
@@ -23,13 +24,13 @@ from zip_cases import (
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(
-        not _native.CUDA_EXTENSION_BUILT, reason="the CUDA extension visionzip_kernels._C_cuda was not built"
+        not _extension.CUDA_EXTENSION_BUILT, reason="the CUDA extension visionzip_kernels._C_cuda was not built"
     ),
 ]
 
 
 def zip_cuda(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    return ops.zip_tokens(**inputs, backend="cuda")
+    return vz.zip_tokens(**inputs, backend="cuda")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

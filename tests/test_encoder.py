@@ -21,7 +21,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from visionzip_kernels.importance import attention_importance
+from visionzip_kernels import attention_importance
 from visionzip_kernels.integrations.encoder import (
     PenultimateOutputs,
     has_cls_token,
@@ -29,7 +29,7 @@ from visionzip_kernels.integrations.encoder import (
     vision_transformer,
     visionzip_features,
 )
-from visionzip_kernels.ops import zip_tokens
+from visionzip_kernels import zip_tokens
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 K_DOM, K_CTX = 10, 4

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import visionzip_kernels as vz
-from visionzip_kernels.published import published_zip_tokens
+from visionzip_kernels.testing.published import published_zip_tokens
 
 GOLDEN = np.load(Path(__file__).parent / "data" / "published_visionzip.npz")
 CASES = sorted({key.split("/")[0] for key in GOLDEN.files})

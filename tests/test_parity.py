@@ -2,8 +2,8 @@
 import torch
 from zip_cases import ZipCase, make_inputs
 
-from visionzip_kernels import reference
-from visionzip_kernels.parity import compare_to_reference
+from visionzip_kernels.ops.zip_tokens import reference
+from visionzip_kernels.testing.parity import compare_to_reference
 
 
 def test_reference_output_passes():

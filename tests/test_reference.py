@@ -8,8 +8,8 @@ import pytest
 import torch
 from zip_cases import ZipCase, make_inputs
 
-from visionzip_kernels import reference
-from visionzip_kernels.published import published_zip_tokens
+from visionzip_kernels.ops.zip_tokens import reference
+from visionzip_kernels.testing.published import published_zip_tokens
 
 
 @pytest.mark.parametrize("attn_layout", ["full", "rows"])

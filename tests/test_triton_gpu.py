@@ -6,7 +6,6 @@ import torch
 from zip_cases import DTYPES, EDGE_CASES, MODEL_CASES, SMALL_CASES, ZipCase, assert_matches_reference, make_inputs
 
 import visionzip_kernels as vz
-import visionzip_kernels.triton.zip_tokens  # noqa: F401  (registers visionzip::_zip_tokens_triton)
 
 pytestmark = pytest.mark.cuda
 

@@ -15,8 +15,8 @@ import torch
 from zip_cases import DTYPES, EDGE_CASES, MODEL_CASES, SMALL_CASES, ZipCase, assert_matches_reference, make_inputs
 
 import visionzip_kernels as vz
-from visionzip_kernels.ops import triton_interpreter_on
-from visionzip_kernels.triton.zip_tokens import LaunchConfig, cuda_launch_config, launch_zip_tokens
+from visionzip_kernels.backends import triton_interpreter_on
+from visionzip_kernels.ops.zip_tokens.triton import LaunchConfig, cuda_launch_config, launch_zip_tokens
 
 
 def seed_of(case: ZipCase) -> int:
@@ -42,17 +42,17 @@ class TestInterpreted:
         """CLIP-L/336 and SigLIP geometries, launched with the tiles an H100 (132 SMs) gets."""
         inputs = make_inputs(case, torch.bfloat16, seed=seed_of(case))
         config = cuda_launch_config(132, case.batch, case.n_tokens, case.width, case.k_ctx)
-        assert config.slices > 1 and config.block_m == 128
+        assert config.plan_programs > 1 and config.block_m == 128
         args = [inputs[k] for k in ("hidden", "attn", "k_dom", "k_ctx", "keys", "has_cls")]
         assert_matches_reference(*launch_zip_tokens(*args, config), inputs)
 
     def test_any_tiling_gives_the_same_indices(self):
-        """Slices, token blocks, target blocks and channel blocks of every size decide alike."""
+        """Plan programs, token blocks, target blocks and channel blocks of every size decide alike."""
         case = ZipCase(1, 70, 96, 4, 16, 9, 21, has_cls=False, attn_layout="full", key_layout="heads")
         inputs = make_inputs(case, torch.float16, seed=11)
         args = [inputs[k] for k in ("hidden", "attn", "k_dom", "k_ctx", "keys", "has_cls")]
         tiny = LaunchConfig(
-            slices=3, block_m=16, plan_block_t=4, plan_warps=1, block_c=16, block_j=16, apply_block_t=16, apply_warps=1
+            plan_programs=3, block_m=16, plan_block_t=4, plan_warps=1, block_c=16, block_j=16, apply_block_t=16, apply_warps=1
         )
         configs = [tiny, cuda_launch_config(132, 1, 70, 96, 21), None]
         results = [launch_zip_tokens(*args, c) if c else vz.zip_tokens(**inputs, backend="triton") for c in configs]
@@ -87,7 +87,7 @@ import re
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from visionzip_kernels.triton.zip_tokens_kernels import apply_kernel, plan_kernel
+from visionzip_kernels.ops.zip_tokens.triton_kernels import apply_kernel, plan_kernel
 
 def ptx(kernel, pointers, constexprs):
     signature = {n: "constexpr" if n in constexprs else pointers.get(n, "i32") for n in kernel.arg_names}
@@ -97,7 +97,7 @@ def ptx(kernel, pointers, constexprs):
 
 plan = ptx(
     plan_kernel,
-    {"attn_ptr": "*bf16", "key_ptr": "*fp16", "dominant_ptr": "*i64", "route_ptr": "*i32", "target_ptr": "*i32"},
+    {"attn_ptr": "*bf16", "key_ptr": "*fp16", "dominant_ptr": "*i64", "destination_ptr": "*i32", "target_ptr": "*i32"},
     dict(ATTN_LAYOUT=1, ATTN_HEADS=4, HAS_CLS=True, KEY_HEADS=4, BLOCK_N=1024, BLOCK_M=128, BLOCK_T=16),
 )
 assert not re.search(r"\\bfma\\.", plan), "a fused multiply-add in the decision kernel"
@@ -105,7 +105,7 @@ assert not re.search(r"\\bmul\\.f32", plan), "a product the assembler may contra
 assert "mul.rn.f32" in plan and "div.rn.f32" in plan and "sqrt.rn.f32" in plan and ".ftz" not in plan
 apply = ptx(
     apply_kernel,
-    {"hidden_ptr": "*bf16", "route_ptr": "*i32", "target_ptr": "*i32", "out_ptr": "*bf16"},
+    {"hidden_ptr": "*bf16", "destination_ptr": "*i32", "target_ptr": "*i32", "out_ptr": "*bf16"},
     dict(HAS_CONTEXT=True, BLOCK_J=64, BLOCK_C=128, BLOCK_T=16),
 )
 assert "mma" in apply

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from visionzip_kernels.parity import compare_to_reference
+from visionzip_kernels.testing.parity import compare_to_reference
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ATTN_LAYOUTS = ("full", "rows", "scores")  # [B, H, N, N], [B, H, N], [B, N]

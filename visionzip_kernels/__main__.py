@@ -4,7 +4,7 @@ On built-in synthetic inputs at CLIP-L/336 (577 tokens with CLS, width 1024, 16 
 SigLIP-SO400M/384 (729 tokens without CLS, width 1152, 16 heads of 72) shapes, with the attention
 rows and per-head keys that the package's encoder path produces and the paper's 54 + 10 budget:
 each available backend's output is compared with the reference (dominant indices exactly, values
-under ``visionzip_kernels.parity``'s tolerances) and its median time per call is printed beside
+under ``testing/parity.py``'s tolerances) and its median time per call is printed beside
 the speed-up over the reference. Exits non-zero if any backend disagrees with the reference.
 Backends run by Triton's interpreter are checked but not timed.
 """
@@ -16,9 +16,9 @@ import sys
 import torch
 
 from . import available_backends, zip_tokens
-from .ops import triton_interpreter_on
-from .parity import compare_to_reference
-from .timing import time_calls
+from .backends import triton_interpreter_on
+from .testing.parity import compare_to_reference
+from .testing.timing import time_calls
 
 # name, tokens, width, heads, head_dim, has_cls
 GEOMETRIES = [

@@ -15,8 +15,7 @@ from typing import Callable
 
 import torch
 
-from visionzip_kernels import available_backends
-from visionzip_kernels.importance import attention_backends
+from visionzip_kernels.ops import attention_importance, zip_tokens
 
 from .geometry import Budget, ModelGeometry
 from .models import Models, prompt_ids
@@ -27,7 +26,8 @@ from .timing import GraphCaptureError, Memory, Timer, Timing
 
 def _zip_impl(pipeline: str, device: torch.device) -> str:
     if pipeline == PACKAGE:
-        importance, zipper = attention_backends(device)[0], available_backends(device)[0]
+        importance = attention_importance.available_backends(device)[0]
+        zipper = zip_tokens.available_backends(device)[0]
         return f"attention_importance[{importance}] + zip_tokens[{zipper}]"
     return "published_zip_tokens[eager torch]" if pipeline == PUBLISHED else ""
 
@@ -35,7 +35,7 @@ def _zip_impl(pipeline: str, device: torch.device) -> str:
 def _timing_fields(timing: Timing) -> dict:
     return {
         "median_ms": round(timing.median_ms, 4), "p20_ms": round(timing.p20_ms, 4),
-        "p80_ms": round(timing.p80_ms, 4), "reps": timing.reps,
+        "p80_ms": round(timing.p80_ms, 4), "reps": timing.repeats,
     }
 
 

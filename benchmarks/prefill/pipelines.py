@@ -20,9 +20,9 @@ from typing import Any, Callable
 import torch
 
 from visionzip_kernels import zip_tokens
-from visionzip_kernels.importance import attention_importance
+from visionzip_kernels import attention_importance
 from visionzip_kernels.integrations.encoder import run_to_penultimate
-from visionzip_kernels.published import published_zip_tokens
+from visionzip_kernels.testing.published import published_zip_tokens
 
 from .geometry import Budget
 from .models import Models

@@ -5,9 +5,10 @@ cleared, then the device is synchronised) and is timed with CUDA events, so a st
 host-side launches outrun the GPU is charged for them: this is the latency a caller waits for.
 On a CPU the host clock is used and there is no memory statistic.
 
-``visionzip_kernels.timing.time_calls`` answers another question (throughput of back-to-back calls
-of one kernel, graphs of many calls); here each call is a whole model stage, timed from an idle
-device, with its peak memory, a repetition count fitted to its length, and a capture that may fail.
+``visionzip_kernels.testing.timing.time_calls`` answers another question (throughput of
+back-to-back calls of one kernel, graphs of many calls); here each call is a whole model stage,
+timed from an idle device, with its peak memory, a repetition count fitted to its length, and a
+capture that may fail. Both summarise their samples into the same ``Timing``.
 """
 from __future__ import annotations
 
@@ -16,21 +17,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
+
+from visionzip_kernels.testing.timing import Timing, summarise
 
 MIB = 1024 * 1024
 L2_FLUSH_BYTES = 256 * MIB  # larger than any current GPU's L2 (H100: 50 MB, H200: 60 MB)
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Quantiles in milliseconds over ``reps`` repetitions."""
-
-    median_ms: float
-    p20_ms: float
-    p80_ms: float
-    reps: int
 
 
 @dataclass(frozen=True)
@@ -89,9 +81,7 @@ class Timer:
     def time(self, fn: Callable[[], object]) -> Timing:
         """Warm up, then time ``fn`` repeatedly; the repetition count follows the warm-up's time."""
         estimate = min(self._once_ms(fn) for _ in range(self.policy.warmup))
-        samples = [self._once_ms(fn) for _ in range(self.policy.reps_for(estimate))]
-        p20, median, p80 = np.percentile(samples, [20, 50, 80])
-        return Timing(float(median), float(p20), float(p80), len(samples))
+        return summarise([self._once_ms(fn) for _ in range(self.policy.reps_for(estimate))])
 
     def time_graph(self, fn: Callable[[], object]) -> Timing:
         """Captures ``fn`` in a CUDA graph (after warm-up on a side stream) and times its replay.

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ops import BACKENDS, as_int
+from ..checks import check_int
+from ..ops.zip_tokens.op import BACKENDS
 from .encoder import has_cls_token, vision_transformer
 
 
@@ -18,7 +19,7 @@ class Budget:
 
     dominant: tokens kept by attention, counting the CLS token where there is one (>= 1).
     contextual: merged tokens (>= 0).
-    backend: the ``zip_tokens`` backend (``visionzip_kernels.ops.BACKENDS``).
+    backend: the ``zip_tokens`` backend (one of ``ops/zip_tokens/op.py``'s ``BACKENDS.names``).
     """
 
     dominant: int
@@ -42,11 +43,11 @@ def make_budget(tower, dominant, contextual, backend: str) -> Budget:
     """A ``Budget`` for ``tower`` (a CLIP or SigLIP vision model), or a clear error.
 
     Raises ``TypeError`` for a non-int count, ``ValueError`` for ``dominant < 1``,
-    ``contextual < 0``, ``dominant + contextual`` above the encoder's token count, or an unknown
-    ``backend``.
+    ``contextual < 0``, ``dominant + contextual`` above the encoder's token count, an unknown
+    ``backend``, or one that cannot run on the device ``tower``'s weights are on.
     """
-    dominant = as_int(dominant, "dominant", "apply_visionzip")
-    contextual = as_int(contextual, "contextual", "apply_visionzip")
+    dominant = check_int(dominant, "dominant", "apply_visionzip")
+    contextual = check_int(contextual, "contextual", "apply_visionzip")
     if dominant < 1:
         counted = " (it counts the CLS token)" if has_cls_token(tower) else ""
         raise ValueError(f"apply_visionzip: `dominant` must be >= 1{counted}, got {dominant}")
@@ -59,6 +60,13 @@ def make_budget(tower, dominant, contextual, backend: str) -> Budget:
             f"{dominant + contextual} is more than the {available} tokens the vision encoder "
             f"({type(vision_transformer(tower)).__name__}) produces per image"
         )
-    if backend not in BACKENDS:
-        raise ValueError(f"apply_visionzip: `backend` must be one of {BACKENDS}, got {backend!r}")
+    if backend not in BACKENDS.names:
+        raise ValueError(f"apply_visionzip: `backend` must be one of {BACKENDS.names}, got {backend!r}")
+    device = next(vision_transformer(tower).parameters()).device
+    if backend != "auto" and backend not in BACKENDS.available(device):
+        raise ValueError(
+            f"apply_visionzip: backend={backend!r} cannot run on the model's device ({device}); "
+            f"there it can be one of {BACKENDS.available(device)} or 'auto'. Move the model first "
+            "(model.to(...)), then call apply_visionzip"
+        )
     return Budget(dominant, contextual, backend)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from transformers import CLIPVisionModel, SiglipVisionModel
 
-from ..importance import BACKENDS as IMPORTANCE_BACKENDS
-from ..importance import attention_importance
-from ..ops import zip_tokens
+from ..ops.attention_importance import attention_importance
+from ..ops.attention_importance.op import BACKENDS as IMPORTANCE_BACKENDS
+from ..ops.zip_tokens import zip_tokens
 
 VISION_MODELS = (CLIPVisionModel, SiglipVisionModel)
 
@@ -128,6 +128,6 @@ def visionzip_features(
         outputs.key,
         has_cls,
         outputs.scale,
-        backend=backend if backend in IMPORTANCE_BACKENDS else "auto",
+        backend=backend if backend in IMPORTANCE_BACKENDS.names else "auto",
     )
     return zip_tokens(outputs.hidden, importance, k_dom, k_ctx, outputs.key, has_cls, backend=backend)

@@ -76,7 +76,7 @@ def get_image_features(
         )
 
     tokens, dominant_idx, features = project_zipped(llava_model, pixel_values, budget)
-    packed = []
+    image_features = []
     for size, crops in zip(image_sizes, torch.split(features, num_crops, dim=0)):
         rows, cols = crop_grid(size, config.image_grid_pinpoints, crop_size, crop_size)
         if rows * cols != crops.shape[0] - 1:
@@ -85,9 +85,9 @@ def get_image_features(
                 f"{crops.shape[0] - 1} high-resolution crops, not the {rows} x {cols} grid its "
                 "`image_grid_pinpoints` give"
             )
-        packed.append(pack_image(crops, rows, cols, llava_model.image_newline))
+        image_features.append(pack_image(crops, rows, cols, llava_model.image_newline))
     output = VisionZipOutput(
-        last_hidden_state=tokens, pooler_output=packed, dominant_idx=dominant_idx
+        last_hidden_state=tokens, pooler_output=image_features, dominant_idx=dominant_idx
     )
     return output.to_tuple() if return_dict is False else output
 

@@ -11,8 +11,8 @@ Given ``lse`` ``[B, H, N]``, the log-sum-exp of each query row of the scaled sco
 is ``exp(s_ij - lse_i)`` with that normaliser instead of one computed here.
 
 Readable, not frugal: without a CLS token this materialises the ``[B, H, N, N]`` probabilities,
-which the ``"cpu"`` and ``"triton"`` backends never do. Inputs are trusted: validation happens
-once, in ``visionzip_kernels.importance``.
+which the ``"blockwise"`` and ``"triton"`` backends never do. Inputs are trusted: validation happens
+once, in ``op.py``.
 """
 from __future__ import annotations
 

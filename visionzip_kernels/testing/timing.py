@@ -1,4 +1,4 @@
-"""Timing for the benchmarks and the main job: medians and quantiles of repeated calls.
+"""Timing for the benchmarks and the self-check: medians and quantiles of repeated calls.
 
 On a GPU each call is bracketed by CUDA events (device time, launch gaps included) or, with
 ``graph=True``, a CUDA graph of ``calls_per_graph`` calls is captured and its replays are timed, so
@@ -8,11 +8,11 @@ data already in cache.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 
@@ -26,9 +26,10 @@ class Timing:
     repeats: int
 
 
-def _summarise(samples_ms: list[float]) -> Timing:
-    quantiles = statistics.quantiles(samples_ms, n=10, method="inclusive")
-    return Timing(statistics.median(samples_ms), quantiles[1], quantiles[7], len(samples_ms))
+def summarise(samples_ms: list[float]) -> Timing:
+    """Median and 20th/80th percentiles (linear interpolation) of ``samples_ms``."""
+    p20, median, p80 = np.percentile(samples_ms, [20, 50, 80])
+    return Timing(float(median), float(p20), float(p80), len(samples_ms))
 
 
 def time_calls(
@@ -51,7 +52,7 @@ def time_calls(
             start = time.perf_counter()
             fn(*arg_sets[i % len(arg_sets)])
             samples.append((time.perf_counter() - start) * 1e3)
-        return _summarise(samples)
+        return summarise(samples)
 
     torch.cuda.synchronize(device)
     if graph:
@@ -62,7 +63,7 @@ def time_calls(
         fn(*arg_sets[i % len(arg_sets)])
         end.record()
     torch.cuda.synchronize(device)
-    return _summarise([start.elapsed_time(end) for start, end in events])
+    return summarise([start.elapsed_time(end) for start, end in events])
 
 
 def _time_graph(fn, arg_sets, device, repeats: int, calls_per_graph: int) -> Timing:
@@ -86,7 +87,7 @@ def _time_graph(fn, arg_sets, device, repeats: int, calls_per_graph: int) -> Tim
         end.record()
         torch.cuda.synchronize(device)
         samples.append(start.elapsed_time(end) / calls_per_graph)
-    return _summarise(samples)
+    return summarise(samples)
 
 
 def copy_bandwidth_gbps(device: torch.device, n_bytes: int = 1 << 30) -> float:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import reference
+from ..ops.zip_tokens import reference
 
 FLOAT32_ATOL = 1e-5
 FLOAT32_RTOL = 1e-5

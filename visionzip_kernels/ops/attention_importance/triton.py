@@ -14,17 +14,17 @@ Float32 throughout: the dot products accumulate in float32 (float16 and bfloat16
 exact in float32; float32 inputs use IEEE float32 products, not TF32), as do the exponentials
 and the column sums.
 
-CUDA tensors go through the ``visionzip::_attention_importance_triton`` op (``triton_op`` +
-``wrap_triton``, so ``torch.compile`` and CUDA graphs see the launches); CPU tensors, under
-``TRITON_INTERPRET=1``, call the launcher directly. Inputs are trusted: validation happens once,
-in ``visionzip_kernels.importance``.
+``attention_importance_triton`` is the kernel of ``visionzip::_attention_importance_triton``
+(registered in ``op.py``), for CUDA tensors and, under Triton's interpreter, CPU tensors alike.
+Inputs are trusted: validation happens once, in ``op.py``.
 """
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+
+from ..triton_math import dot_f32
 
 # 64 x 64 score tiles: big enough for tensor-core dots, small enough to keep a tile of q, k and
 # scores in registers for head dims up to 128 with 4 warps.
@@ -43,7 +43,6 @@ def _row_lse_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_lb, stride_lh, stride_ln,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """lse[b, h, i] = log(sum_j exp(s_ij)) for the BLOCK_M query rows of one program."""
     bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: q and k may pass 2**31 elements
@@ -59,8 +58,6 @@ def _row_lse_kernel(
         + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
         mask=row_ok[:, None] & dim_ok[None, :], other=0.0,
     )
-    if DOT_FP32:
-        q = q.to(tl.float32)
     k_base = k_ptr + batch * stride_kb + head * stride_kh
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)
@@ -71,9 +68,7 @@ def _row_lse_kernel(
             k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
             mask=key_ok[:, None] & dim_ok[None, :], other=0.0,
         )
-        if DOT_FP32:
-            k = k.to(tl.float32)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
+        scores = dot_f32(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32)) * scale
         scores = tl.where(key_ok[None, :], scores, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(scores, axis=1))
         row_sum = row_sum * tl.exp(row_max - new_max) + tl.sum(tl.exp(scores - new_max[:, None]), axis=1)
@@ -93,7 +88,6 @@ def _column_mean_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_lb, stride_lh, stride_ln,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """out[b, h, j] = mean_{i < n_queries} exp(s_ij - lse_i) for the BLOCK_N keys of one program."""
     bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: q and k may pass 2**31 elements
@@ -109,8 +103,6 @@ def _column_mean_kernel(
         + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
         mask=key_ok[:, None] & dim_ok[None, :], other=0.0,
     )
-    if DOT_FP32:
-        k = k.to(tl.float32)
     q_base = q_ptr + batch * stride_qb + head * stride_qh
     lse_base = lse_ptr + batch * stride_lb + head * stride_lh
     column_sum = tl.zeros([BLOCK_N], tl.float32)
@@ -121,73 +113,37 @@ def _column_mean_kernel(
             q_base + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
             mask=row_ok[:, None] & dim_ok[None, :], other=0.0,
         )
-        if DOT_FP32:
-            q = q.to(tl.float32)
         # A missing row gets lse = +inf, so its exp(s - lse) is 0.
         row_lse = tl.load(lse_base + offs_m * stride_ln, mask=row_ok, other=float("inf"))
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
+        scores = dot_f32(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32)) * scale
         column_sum += tl.sum(tl.exp(scores - row_lse[:, None]), axis=0)
     tl.store(out_ptr + bh * n_keys + offs_n, column_sum / n_queries, mask=key_ok)
 
 
-def _launch(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    n_queries: int,
-    scale: float,
-    lse: Optional[torch.Tensor],
-    wrap: Callable,
-) -> torch.Tensor:
-    """Run both passes (the first only without ``lse``); ``wrap`` wraps each kernel for launch."""
-    batch, heads, n_tokens, head_dim = q.shape
-    block_m = BLOCK_CLS_QUERY if n_queries == 1 else BLOCK_QUERIES
-    block_d = max(16, triton.next_power_of_2(head_dim))  # tl.dot needs a power of two >= 16
-    # Triton's interpreter cannot dot bfloat16 tiles (triton-lang/triton#11584): give it their
-    # float32 values, whose products are the same.
-    dot_fp32 = q.dtype == torch.bfloat16 and not q.is_cuda
-    # Float32 tiles are multiplied in IEEE float32, not TF32; for float16 and bfloat16 tiles the
-    # setting does not apply and stays Triton's default.
-    precision = "ieee" if q.dtype == torch.float32 or dot_fp32 else "tf32"
-    if lse is None:
-        lse = torch.empty(batch, heads, n_queries, dtype=torch.float32, device=q.device)
-        wrap(_row_lse_kernel)[(batch * heads, triton.cdiv(n_queries, block_m))](
-            q, k, lse,
-            n_queries, n_tokens, heads, head_dim, scale,
-            *q.stride(), *k.stride(), *lse.stride(),
-            BLOCK_M=block_m, BLOCK_N=BLOCK_KEYS, BLOCK_D=block_d,
-            DOT_FP32=dot_fp32, DOT_PRECISION=precision, num_warps=NUM_WARPS,
-        )
-    importance = torch.empty(batch, heads, n_tokens, dtype=torch.float32, device=q.device)
-    wrap(_column_mean_kernel)[(batch * heads, triton.cdiv(n_tokens, BLOCK_KEYS))](
-        q, k, lse, importance,
-        n_queries, n_tokens, heads, head_dim, scale,
-        *q.stride(), *k.stride(), *lse.stride(),
-        BLOCK_M=block_m, BLOCK_N=BLOCK_KEYS, BLOCK_D=block_d,
-        DOT_FP32=dot_fp32, DOT_PRECISION=precision, num_warps=NUM_WARPS,
-    )
-    return importance
-
-
-def _interpreted(kernel):
-    """Under the interpreter a kernel is launched as it is."""
-    return kernel
-
-
-@triton_op("visionzip::_attention_importance_triton", mutates_args=())
-def _attention_importance_triton(
-    q: torch.Tensor, k: torch.Tensor, n_queries: int, scale: float, lse: Optional[torch.Tensor]
-) -> torch.Tensor:
-    return _launch(q, k, n_queries, scale, lse, wrap_triton)
-
-
 def attention_importance_triton(
-    q: torch.Tensor, k: torch.Tensor, has_cls: bool, scale: float, lse: Optional[torch.Tensor] = None
+    q: torch.Tensor, k: torch.Tensor, has_cls: bool, scale: float, *, lse: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     """Importance ``[B, H, N]`` float32; q, k ``[B, H, N, hd]``, lse ``None`` or ``[B, H, N]``.
 
-    CUDA tensors, or CPU tensors with ``TRITON_INTERPRET=1`` set before this module is imported.
+    Runs both passes (the first only without ``lse``) on arguments validated by ``op.py``.
     """
-    n_queries = 1 if has_cls else q.shape[2]
-    if q.is_cuda:
-        return torch.ops.visionzip._attention_importance_triton(q, k, n_queries, scale, lse)
-    return _launch(q, k, n_queries, scale, lse, _interpreted)
+    batch, heads, n_tokens, head_dim = q.shape
+    n_queries = 1 if has_cls else n_tokens
+    block_m = BLOCK_CLS_QUERY if n_queries == 1 else BLOCK_QUERIES
+    block_d = max(16, triton.next_power_of_2(head_dim))  # tl.dot needs a power of two >= 16
+    if lse is None:
+        lse = torch.empty(batch, heads, n_queries, dtype=torch.float32, device=q.device)
+        _row_lse_kernel[(batch * heads, triton.cdiv(n_queries, block_m))](
+            q, k, lse,
+            n_queries, n_tokens, heads, head_dim, scale,
+            *q.stride(), *k.stride(), *lse.stride(),
+            BLOCK_M=block_m, BLOCK_N=BLOCK_KEYS, BLOCK_D=block_d, num_warps=NUM_WARPS,
+        )
+    importance = torch.empty(batch, heads, n_tokens, dtype=torch.float32, device=q.device)
+    _column_mean_kernel[(batch * heads, triton.cdiv(n_tokens, BLOCK_KEYS))](
+        q, k, lse, importance,
+        n_queries, n_tokens, heads, head_dim, scale,
+        *q.stride(), *k.stride(), *lse.stride(),
+        BLOCK_M=block_m, BLOCK_N=BLOCK_KEYS, BLOCK_D=block_d, num_warps=NUM_WARPS,
+    )
+    return importance

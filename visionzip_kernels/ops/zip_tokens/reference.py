@@ -5,7 +5,7 @@ then applied to the hidden states (:func:`apply_zip`), so the same plan can be a
 by the tests. The quantities that decide an index (scores, key norms, similarities) are evaluated
 in the contract's fixed float32 order, one rounding per product and per sum, which every backend
 reproduces bit for bit; this is why those sums are written as loops rather than ``.sum()``.
-Inputs are trusted: validation happens once, in ``visionzip_kernels.ops``.
+Inputs are trusted: validation happens once, in ``op.py``.
 """
 from __future__ import annotations
 
@@ -149,14 +149,14 @@ def apply_zip(
     k_ctx = plan.target_idx.shape[1]
     if k_ctx == 0:
         return dominant
-    wide = hidden.to(accum_dtype)
+    hidden_accum = hidden.to(accum_dtype)
     batch, _, width = hidden.shape
     assign = plan.merge_assign
     sums = torch.zeros(batch, k_ctx, width, dtype=accum_dtype, device=hidden.device)
-    sums.scatter_add_(1, assign.unsqueeze(-1).expand(-1, -1, width), gather_tokens(wide, plan.merge_idx))
+    sums.scatter_add_(1, assign.unsqueeze(-1).expand(-1, -1, width), gather_tokens(hidden_accum, plan.merge_idx))
     counts = torch.zeros(batch, k_ctx, dtype=accum_dtype, device=hidden.device)
     counts.scatter_add_(1, assign, torch.ones_like(assign, dtype=accum_dtype))
-    contextual = gather_tokens(wide, plan.target_idx) + sums / counts.clamp(min=1).unsqueeze(-1)
+    contextual = gather_tokens(hidden_accum, plan.target_idx) + sums / counts.clamp(min=1).unsqueeze(-1)
     return torch.cat([dominant, contextual.to(hidden.dtype)], dim=1)
 
 

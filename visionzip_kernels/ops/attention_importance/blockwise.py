@@ -1,6 +1,6 @@
-"""``attention_importance`` in PyTorch over blocks of query rows: the ``"cpu"`` backend.
+"""``attention_importance`` in PyTorch over blocks of query rows: the ``"blockwise"`` backend.
 
-Computes what ``attention_reference`` defines without the ``[B, H, N, N]`` probabilities: the
+Computes what ``reference.py`` defines without the ``[B, H, N, N]`` probabilities: the
 queries (the CLS query alone, or all ``N``) are taken a block of rows at a time; each block's
 scores ``[B*H, rows, N]`` are complete rows, so their softmax (or ``exp(s_ij - lse_i)`` with the
 given ``lse``) and its contribution to the column sums come from that block alone. The column
@@ -8,7 +8,7 @@ sums are divided by the number of queries at the end.
 
 Float32 throughout: q and k are upcast once (float16 and bfloat16 products are exact in float32),
 the scores, exponentials and column sums are float32. Inputs are trusted: validation happens once,
-in ``visionzip_kernels.importance``.
+in ``op.py``.
 """
 from __future__ import annotations
 

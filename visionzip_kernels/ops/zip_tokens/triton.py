@@ -1,11 +1,10 @@
-"""``zip_tokens`` on Triton: launch configuration, launcher and the ``visionzip::_zip_tokens_triton`` op.
+"""``zip_tokens`` on Triton: launch configuration and the kernel of ``visionzip::_zip_tokens_triton``.
 
-Two launches (``zip_tokens_kernels``): ``plan_kernel`` decides every index, ``apply_kernel`` moves the
-rows. CUDA tensors go through the op, registered with ``torch.library.triton_op`` and launching
-through ``torch.library.wrap_triton``, so that ``torch.compile(fullgraph=True)`` traces both launches
-and a CUDA graph captures them: nothing here reads device data on the host. CPU tensors, which reach
-this module only under Triton's interpreter (``TRITON_INTERPRET=1``), run the same launcher with
-plain kernel calls, since ``wrap_triton`` does not take the interpreter's kernels.
+Two launches (``triton_kernels.py``): ``plan_kernel`` decides every index, ``apply_kernel`` moves the
+rows. ``zip_tokens_triton`` is the op's kernel (registered in ``op.py``) for CUDA tensors and, under
+Triton's interpreter (``TRITON_INTERPRET=1``), for CPU tensors alike. Nothing here reads device
+data on the host, so a CUDA graph captures both launches; ``torch.compile`` sees the op through its
+fake kernel.
 """
 from dataclasses import dataclass
 from functools import lru_cache
@@ -13,20 +12,20 @@ from functools import lru_cache
 import torch
 import triton
 
-from .zip_tokens_kernels import apply_kernel, plan_kernel
+from .triton_kernels import apply_kernel, plan_kernel
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
     """Program counts and tile sizes of the two launches (reasons in ``cuda_launch_config``).
 
-    slices: plan programs per image; block_m: tokens per assignment block; plan_block_t: targets
+    plan_programs: plan programs per image; block_m: tokens per assignment block; plan_block_t: targets
     per similarity tile; plan_warps: warps of a plan program; block_c: channels per apply program;
     block_j: rows per apply step; apply_block_t: target slots per apply program; apply_warps: warps
     of an apply program.
     """
 
-    slices: int
+    plan_programs: int
     block_m: int
     plan_block_t: int
     plan_warps: int
@@ -55,7 +54,7 @@ def cuda_launch_config(sms: int, batch: int, n_tokens: int, width: int, k_ctx: i
     return LaunchConfig(
         # Small batches spread each image's assignment over up to one program per SM; from B = SMs
         # on, one program per image already fills the GPU.
-        slices=min(triton.cdiv(n_tokens, block_m), triton.cdiv(sms, max(batch, 1))),
+        plan_programs=min(triton.cdiv(n_tokens, block_m), triton.cdiv(sms, max(batch, 1))),
         # A [128, <= 32] float32 similarity tile is <= 32 registers per thread at 4 warps.
         block_m=block_m,
         # One target block covers the paper's budgets (k_ctx <= 30) with little padding.
@@ -77,9 +76,9 @@ def cuda_launch_config(sms: int, batch: int, n_tokens: int, width: int, k_ctx: i
 
 def interpreter_launch_config(batch: int, n_tokens: int, k_ctx: int) -> LaunchConfig:
     """Small tiles for Triton's interpreter, so that tests at small sizes run every multi-block path
-    (several slices, token blocks, target blocks and channel blocks); warps mean nothing there."""
+    (several plan programs, token blocks, target blocks and channel blocks); warps mean nothing there."""
     return LaunchConfig(
-        slices=min(triton.cdiv(n_tokens, 32), triton.cdiv(2, max(batch, 1))),
+        plan_programs=min(triton.cdiv(n_tokens, 32), triton.cdiv(2, max(batch, 1))),
         block_m=32,
         plan_block_t=min(8, triton.next_power_of_2(max(k_ctx, 1))),
         plan_warps=1,
@@ -112,16 +111,11 @@ def _key_layout(hidden: torch.Tensor, keys: torch.Tensor | None) -> tuple[torch.
     return metric, 1, (stride[0], 0, stride[1], stride[2])
 
 
-def _launch_directly(kernel):
-    return kernel
-
-
-def launch_zip_tokens(hidden, attn, k_dom, k_ctx, keys, has_cls, config: LaunchConfig, wrap=_launch_directly):
+def launch_zip_tokens(hidden, attn, k_dom, k_ctx, keys, has_cls, config: LaunchConfig):
     """Run both kernels on validated arguments; ``(tokens [B, k_dom + k_ctx, D], dominant_idx [B, k_dom])``.
 
-    ``wrap`` wraps each kernel before its launch (``torch.library.wrap_triton`` inside the op).
     Inputs of any strides and float dtypes are read in place; the outputs and the int32
-    workspaces (``route`` ``[B, N]``, ``targets`` ``[B, slices, max(k_ctx, 1)]``) are allocated here.
+    workspaces (``destination`` ``[B, N]``, ``targets`` ``[B, plan_programs, max(k_ctx, 1)]``) are allocated here.
     """
     batch, n_tokens, width = (int(size) for size in hidden.shape)
     k_dom, k_ctx = int(k_dom), int(k_ctx)
@@ -129,47 +123,30 @@ def launch_zip_tokens(hidden, attn, k_dom, k_ctx, keys, has_cls, config: LaunchC
     dominant_idx = hidden.new_empty(batch, k_dom, dtype=torch.int64)
     if batch == 0:
         return tokens, dominant_idx
-    route = hidden.new_empty(batch, n_tokens, dtype=torch.int32)
-    targets = hidden.new_empty(batch, config.slices, max(k_ctx, 1), dtype=torch.int32)
+    destination = hidden.new_empty(batch, n_tokens, dtype=torch.int32)
+    targets = hidden.new_empty(batch, config.plan_programs, max(k_ctx, 1), dtype=torch.int32)
     step = max(1, (n_tokens - k_dom) // k_ctx) if k_ctx > 0 else 1
     attn_layout, attn_heads, attn_strides = _attn_layout(attn, has_cls)
     metric, key_heads, key_strides = _key_layout(hidden, keys)
 
-    wrap(plan_kernel)[(batch, config.slices)](
-        attn, *attn_strides, metric, *key_strides, dominant_idx, route, targets,
+    plan_kernel[(batch, config.plan_programs)](
+        attn, *attn_strides, metric, *key_strides, dominant_idx, destination, targets,
         n_tokens, int(metric.shape[-1]), k_dom, k_ctx, step,
         ATTN_LAYOUT=attn_layout, ATTN_HEADS=attn_heads, HAS_CLS=has_cls, KEY_HEADS=key_heads,
         BLOCK_N=triton.next_power_of_2(n_tokens), BLOCK_M=config.block_m, BLOCK_T=config.plan_block_t,
         num_warps=config.plan_warps,
     )
     target_blocks = max(1, triton.cdiv(k_ctx, config.apply_block_t))
-    wrap(apply_kernel)[(batch, triton.cdiv(width, config.block_c), target_blocks)](
-        hidden, *(int(s) for s in hidden.stride()), route, targets, tokens, width * (k_dom + k_ctx), width,
-        n_tokens, width, k_dom, k_ctx, config.slices,
+    apply_kernel[(batch, triton.cdiv(width, config.block_c), target_blocks)](
+        hidden, *(int(s) for s in hidden.stride()), destination, targets, tokens, width * (k_dom + k_ctx), width,
+        n_tokens, width, k_dom, k_ctx, config.plan_programs,
         HAS_CONTEXT=k_ctx > 0, BLOCK_J=config.block_j, BLOCK_C=config.block_c, BLOCK_T=config.apply_block_t,
         num_warps=config.apply_warps,
     )
     return tokens, dominant_idx
 
 
-@torch.library.triton_op("visionzip::_zip_tokens_triton", mutates_args=())
-def _zip_tokens_triton_op(
-    hidden: torch.Tensor,
-    attn: torch.Tensor,
-    k_dom: int,
-    k_ctx: int,
-    keys: torch.Tensor | None,
-    has_cls: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Triton backend's op (CUDA tensors); its fake kernel is this body traced on fake tensors."""
+def zip_tokens_triton(hidden, attn, k_dom: int, k_ctx: int, keys=None, has_cls: bool = True):
+    """``visionzip::_zip_tokens_triton`` on arguments validated by ``op.py``."""
     config = launch_config(hidden.device, *(int(size) for size in hidden.shape), int(k_ctx))
-    return launch_zip_tokens(hidden, attn, k_dom, k_ctx, keys, has_cls, config, torch.library.wrap_triton)
-
-
-def zip_tokens_triton(hidden, attn, k_dom: int, k_ctx: int, keys, has_cls: bool):
-    """``zip_tokens`` on validated arguments (``visionzip_kernels.ops``): the op on CUDA tensors,
-    the interpreted launcher on CPU tensors."""
-    if hidden.device.type == "cuda":
-        return torch.ops.visionzip._zip_tokens_triton(hidden, attn, k_dom, k_ctx, keys, has_cls)
-    config = launch_config(hidden.device, *hidden.shape, k_ctx)
     return launch_zip_tokens(hidden, attn, k_dom, k_ctx, keys, has_cls, config)

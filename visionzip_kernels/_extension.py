@@ -1,4 +1,5 @@
-"""Loads the compiled extensions: the CPU library (required) and the CUDA library (optional)."""
+"""Loads the compiled extensions: ``_C`` (every op schema and the C++ CPU kernels, required) and
+``_C_cuda`` (the CUDA C++ kernels, optional)."""
 from __future__ import annotations
 
 import importlib

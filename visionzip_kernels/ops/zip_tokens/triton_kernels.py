@@ -2,7 +2,7 @@
 
 ``plan_kernel``, grid ``(B, S)``: decides every index. Each of the ``S`` programs of image ``b``
 computes that image's token scores and top-``k_dom`` selection (repeated per program, so that no
-program ever waits for another), writes the dominant indices and routes of its own token blocks
+program ever waits for another), writes the dominant indices and destinations of its own token blocks
 (blocks ``s, s + S, s + 2S, ...`` of ``BLOCK_M`` tokens), then assigns each merge token of those
 blocks to a target. ``apply_kernel``, grid ``(B, channel blocks, target blocks)``: moves the data,
 streaming each image's rows of ``hidden`` once per target block (one block for ``k_ctx <= 64``): it
@@ -10,7 +10,7 @@ copies the dominant rows from that stream and writes the contextual tokens.
 
 The plan hands the apply two int32 workspaces:
 
-- ``route[b, j]``: where token ``j`` goes. ``-2 - i`` (``<= -2``): it is the dominant token of
+- ``destination[b, j]``: where token ``j`` goes. ``-2 - i`` (``<= -2``): it is the dominant token of
   output slot ``i``; ``-1``: it is a target; ``t >= 0``: it is a merge token of target slot ``t``
   (``0`` until the assignment; unused when ``k_ctx == 0``).
 - ``targets[b, s, t]``: the token index of target slot ``t``, one copy per plan program ``s``, so that
@@ -18,83 +18,19 @@ The plan hands the apply two int32 workspaces:
 
 Every quantity that decides an index follows the contract's float32 order: sequential loops over
 heads, queries and key channels, one rounding per product and per sum. No product may be fused into
-a sum, and the launch option ``enable_fp_fusion=False`` does not survive ``torch.compile`` (Inductor
-recompiles a ``triton_op``'s kernels with its own options); so on the GPU the products, quotients and
-square roots are explicit correctly rounded PTX instructions (``mul.rn.f32``, ``div.rn.f32``,
-``sqrt.rn.f32``), which the PTX assembler never contracts and which do not flush subnormals. Under
-Triton's interpreter the same helpers are plain numpy float32 operations, which round each result
-on its own.
+a sum, so products, quotients and square roots are the correctly rounded helpers of
+``ops/triton_math.py``.
 """
 import triton
 import triton.language as tl
 
-from ..ops import triton_interpreter_on
-
-if triton_interpreter_on():
-    # Under the interpreter a kernel is plain Python over numpy, and each call of a jitted helper
-    # re-patches triton.language (about a millisecond); helpers there are plain functions instead.
-    def _helper(fn):
-        return fn
-
-    def _mul_rn(a, b):
-        return a * b
-
-    def _div_rn(a, b):
-        return a / b
-
-    def _sqrt_rn(a):
-        return tl.sqrt(a)
-
-    def _add_members(sums, member, rows):
-        # The interpreter's tl.dot multiplies bfloat16 operands as their raw bits: use float32.
-        return tl.dot(member.to(tl.float32), rows.to(tl.float32), sums, input_precision="ieee")
-
-    def _round_to(value, dtype):
-        # The interpreter truncates float32 to bfloat16; round to nearest even on the bits instead.
-        if dtype != tl.bfloat16:
-            return value.to(dtype)
-        bits = value.to(tl.uint32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-
-else:
-    _helper = triton.jit
-
-    @triton.jit
-    def _mul_rn(a, b):
-        return tl.inline_asm_elementwise(
-            "mul.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32, is_pure=True, pack=1
-        )
-
-    @triton.jit
-    def _div_rn(a, b):
-        return tl.inline_asm_elementwise(
-            "div.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32, is_pure=True, pack=1
-        )
-
-    @triton.jit
-    def _sqrt_rn(a):
-        return tl.inline_asm_elementwise(
-            "sqrt.rn.f32 $0, $1;", "=f,f", [a], dtype=tl.float32, is_pure=True, pack=1
-        )
-
-    @triton.jit
-    def _add_members(sums, member, rows):
-        """``sums + member @ rows``: the one-hot ``member`` [T, J] (bool) picks rows [J, C] into float32
-        sums [T, C]; tensor cores for 16-bit rows, IEEE float32 FMAs for float32 ones."""
-        return tl.dot(member.to(rows.dtype), rows, sums, input_precision="ieee")
-
-    @triton.jit
-    def _round_to(value, dtype: tl.constexpr):
-        """``value`` (float32) rounded to nearest even in ``dtype``."""
-        return value.to(dtype)
-
+from ..triton_math import div_rn, dot_f32, helper, mul_rn, round_to, sqrt_rn
 
 # Loops over key channels and queries are unrolled this many times: several loads in flight at once.
 UNROLL = tl.constexpr(4)
 
 
-@_helper
+@helper
 def _head_column(head_ptr, query_stride, token_stride, tok, valid, n_tokens):
     """One head's attention received by each token ``tok``, summed over queries in query order."""
     column = tl.load(head_ptr + tok * token_stride, mask=valid, other=0.0).to(tl.float32)
@@ -104,7 +40,7 @@ def _head_column(head_ptr, query_stride, token_stride, tok, valid, n_tokens):
     return column
 
 
-@_helper
+@helper
 def _token_scores(
     attn_ptr, head_stride, query_stride, token_stride, tok, valid, n_tokens,
     ATTN_LAYOUT: tl.constexpr, ATTN_HEADS: tl.constexpr,
@@ -130,7 +66,7 @@ def _token_scores(
     return score
 
 
-@_helper
+@helper
 def _select_dominant(score, tok, valid, k_dom, HAS_CLS: tl.constexpr):
     """Mask of the ``k_dom`` best-ranked valid tokens: highest score first, equal scores to the
     lower index, non-finite scores below every finite one, the CLS token (0) above all.
@@ -162,7 +98,7 @@ def _select_dominant(score, tok, valid, k_dom, HAS_CLS: tl.constexpr):
     return above | ((tied > 0) & (tied_before < quota))
 
 
-@_helper
+@helper
 def _metric(rows, channel, head_stride, channel_stride, mask, KEY_HEADS: tl.constexpr):
     """Float32 metric of one key channel for the rows at ``rows``: per-head keys summed over heads
     in head order then divided by ``KEY_HEADS``, or the keys (hidden states) as given."""
@@ -171,30 +107,30 @@ def _metric(rows, channel, head_stride, channel_stride, mask, KEY_HEADS: tl.cons
     for h in tl.static_range(1, KEY_HEADS):
         value += tl.load(col + tl.full([], h, tl.int64) * head_stride, mask=mask, other=0.0).to(tl.float32)
     if KEY_HEADS > 1:
-        value = _div_rn(value, tl.full(value.shape, KEY_HEADS, tl.float32))
+        value = div_rn(value, tl.full(value.shape, KEY_HEADS, tl.float32))
     return value
 
 
-@_helper
+@helper
 def _key_norms(rows, head_stride, channel_stride, mask, key_width, KEY_HEADS: tl.constexpr):
     """L2 norms of the metric rows: squares summed in channel order, correctly rounded sqrt."""
     squares = tl.zeros(mask.shape, tl.float32)
     for channel in tl.range(0, key_width, loop_unroll_factor=UNROLL):
         value = _metric(rows, channel, head_stride, channel_stride, mask, KEY_HEADS)
-        squares += _mul_rn(value, value)
-    return _sqrt_rn(squares)
+        squares += mul_rn(value, value)
+    return sqrt_rn(squares)
 
 
-@_helper
+@helper
 def _unit(value, norm):
     """``value / norm`` correctly rounded; 0 where the norm is not > 0."""
     positive = norm > 0.0
-    return tl.where(positive, _div_rn(value, tl.where(positive, norm, 1.0)), 0.0)
+    return tl.where(positive, div_rn(value, tl.where(positive, norm, 1.0)), 0.0)
 
 
-@_helper
+@helper
 def _assign_block(
-    key_ptr, head_stride, token_stride, channel_stride, route_ptr, target_ptr,
+    key_ptr, head_stride, token_stride, channel_stride, destination_ptr, target_ptr,
     block, n_tokens, key_width, k_ctx,
     KEY_HEADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
@@ -202,11 +138,11 @@ def _assign_block(
 
     Similarities are dot products of unit keys in channel order, over ``BLOCK_T`` targets at a time;
     the best target is the largest similarity, equal ones to the lower target, NaN below every
-    number. Writes each merge token's target slot into ``route``.
+    number. Writes each merge token's target slot into ``destination``.
     """
     tok = block * BLOCK_M + tl.arange(0, BLOCK_M)
     valid = tok < n_tokens
-    route = tl.load(route_ptr + tok, mask=valid, other=-1)
+    destination = tl.load(destination_ptr + tok, mask=valid, other=-1)
     rows = key_ptr + tok.to(tl.int64) * token_stride
     norm = _key_norms(rows, head_stride, channel_stride, valid, key_width, KEY_HEADS)
 
@@ -224,38 +160,38 @@ def _assign_block(
             target_unit = _unit(
                 _metric(target_rows, channel, head_stride, channel_stride, has_slot, KEY_HEADS), target_norm
             )
-            sim += _mul_rn(unit[:, None], target_unit[None, :])
+            sim += mul_rn(unit[:, None], target_unit[None, :])
         sim = tl.where(has_slot[None, :] & (sim == sim), sim, float("-inf"))
         block_best = tl.max(sim, axis=1)
         block_slot = tl.min(tl.where(sim == block_best[:, None], slot[None, :], 2147483647), axis=1)
         better = block_best > best
         best = tl.where(better, block_best, best)
         best_slot = tl.where(better, block_slot, best_slot)
-    tl.store(route_ptr + tok, best_slot, mask=valid & (route >= 0))
+    tl.store(destination_ptr + tok, best_slot, mask=valid & (destination >= 0))
 
 
 @triton.jit
 def plan_kernel(
     attn_ptr, attn_batch_stride, attn_head_stride, attn_query_stride, attn_token_stride,
     key_ptr, key_batch_stride, key_head_stride, key_token_stride, key_channel_stride,
-    dominant_ptr, route_ptr, target_ptr,
+    dominant_ptr, destination_ptr, target_ptr,
     n_tokens, key_width, k_dom, k_ctx, step,
     ATTN_LAYOUT: tl.constexpr, ATTN_HEADS: tl.constexpr, HAS_CLS: tl.constexpr, KEY_HEADS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    """Program ``(b, s)``: the dominant indices, routes and target assignment of image ``b``'s
+    """Program ``(b, s)``: the dominant indices, destinations and target assignment of image ``b``'s
     token blocks ``s, s + S, ...``.
 
     attn: one of ``_token_scores``' layouts, any float dtype, read through its strides (int64
     offsets). keys: ``[B, H, N, Dk]`` (``KEY_HEADS = H``), or ``[B, N, Dk]`` keys or hidden states
     (``KEY_HEADS = 1``, head stride unused), any float dtype, through strides. dominant: ``[B, k_dom]``
-    int64, contiguous. route: ``[B, N]`` int32 and targets: ``[B, S, max(k_ctx, 1)]`` int32, both
+    int64, contiguous. destination: ``[B, N]`` int32 and targets: ``[B, S, max(k_ctx, 1)]`` int32, both
     contiguous (see the module docstring). ``step = max(1, (N - k_dom) // k_ctx)``.
     ``BLOCK_N >= N`` (a power of two): the whole image's scores are one block.
     """
     b = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1)
-    n_slices = tl.num_programs(1)
+    n_plan_programs = tl.num_programs(1)
     tok = tl.arange(0, BLOCK_N)
     valid = tok < n_tokens
     score = _token_scores(
@@ -268,28 +204,28 @@ def plan_kernel(
     dominant_slot = tl.cumsum(kept, axis=0) - kept
     remaining_pos = tok - dominant_slot
     is_target = valid & ~keep & (remaining_pos % step == 0) & (remaining_pos < k_ctx * step)
-    own = (tok // BLOCK_M) % n_slices == s
-    route_ptr += b * n_tokens
-    target_ptr += (b * n_slices + s) * tl.maximum(k_ctx, 1)
+    own = (tok // BLOCK_M) % n_plan_programs == s
+    destination_ptr += b * n_tokens
+    target_ptr += (b * n_plan_programs + s) * tl.maximum(k_ctx, 1)
     tl.store(dominant_ptr + b * k_dom + dominant_slot, tok.to(tl.int64), mask=keep & own)
-    route = tl.where(keep, -2 - dominant_slot, tl.where(is_target, -1, 0))
-    tl.store(route_ptr + tok, route, mask=valid & own)
+    destination = tl.where(keep, -2 - dominant_slot, tl.where(is_target, -1, 0))
+    tl.store(destination_ptr + tok, destination, mask=valid & own)
     tl.store(target_ptr + remaining_pos // step, tok, mask=is_target)
 
     if k_ctx > 0:
-        tl.debug_barrier()  # this program's route and target writes, read back below
-        for block in range(s, tl.cdiv(n_tokens, BLOCK_M), n_slices):
+        tl.debug_barrier()  # this program's destination and target writes, read back below
+        for block in range(s, tl.cdiv(n_tokens, BLOCK_M), n_plan_programs):
             _assign_block(
                 key_ptr + b * key_batch_stride, key_head_stride, key_token_stride, key_channel_stride,
-                route_ptr, target_ptr, block, n_tokens, key_width, k_ctx, KEY_HEADS, BLOCK_M, BLOCK_T,
+                destination_ptr, target_ptr, block, n_tokens, key_width, k_ctx, KEY_HEADS, BLOCK_M, BLOCK_T,
             )
 
 
 @triton.jit
 def apply_kernel(
     hidden_ptr, hidden_batch_stride, hidden_token_stride, hidden_channel_stride,
-    route_ptr, target_ptr, out_ptr, out_batch_stride, out_token_stride,
-    n_tokens, width, k_dom, k_ctx, n_slices,
+    destination_ptr, target_ptr, out_ptr, out_batch_stride, out_token_stride,
+    n_tokens, width, k_dom, k_ctx, n_plan_programs,
     HAS_CONTEXT: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """Program ``(b, c, t)``: channels ``[c * BLOCK_C, (c + 1) * BLOCK_C)`` of image ``b``'s output.
@@ -299,7 +235,7 @@ def apply_kernel(
     ``tl.dot`` (float32 accumulation, exact products for finite values), then writes
     ``hidden[target] + sum / members`` (``hidden[target]`` where there are none), rounded once to
     the output dtype. hidden: ``[B, N, D]`` any float dtype, through strides; out: ``[B, k_dom +
-    k_ctx, D]`` hidden's dtype, unit channel stride; route and targets: the plan's workspaces.
+    k_ctx, D]`` hidden's dtype, unit channel stride; destination and targets: the plan's workspaces.
     """
     b = tl.program_id(0).to(tl.int64)
     channel = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -309,30 +245,31 @@ def apply_kernel(
     copies_dominant = tl.program_id(2) == 0
     hidden = hidden_ptr + b * hidden_batch_stride + channel.to(tl.int64)[None, :] * hidden_channel_stride
     out = out_ptr + b * out_batch_stride + channel[None, :]
-    route_ptr += b * n_tokens
+    destination_ptr += b * n_tokens
 
     sums = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
     members = tl.zeros([BLOCK_T], tl.float32)
     for first_tok in range(0, n_tokens, BLOCK_J):
         tok = first_tok + tl.arange(0, BLOCK_J)
         has_tok = tok < n_tokens
-        route = tl.load(route_ptr + tok, mask=has_tok, other=-1)
+        destination = tl.load(destination_ptr + tok, mask=has_tok, other=-1)
         rows = tl.load(
             hidden + tok.to(tl.int64)[:, None] * hidden_token_stride,
             mask=has_tok[:, None] & has_channel[None, :], other=0.0,
         )
         if copies_dominant:
-            dominant_row = (-2 - route).to(tl.int64)[:, None] * out_token_stride
-            tl.store(out + dominant_row, rows, mask=(route <= -2)[:, None] & has_channel[None, :])
+            dominant_row = (-2 - destination).to(tl.int64)[:, None] * out_token_stride
+            tl.store(out + dominant_row, rows, mask=(destination <= -2)[:, None] & has_channel[None, :])
         if HAS_CONTEXT:
-            member = route[None, :] == slot[:, None]
-            sums = _add_members(sums, member, rows)
+            member = destination[None, :] == slot[:, None]
+            # One-hot [T, J] x rows [J, C] into float32 sums: tensor cores for 16-bit rows.
+            sums = dot_f32(member, rows, sums)
             members += tl.sum(member.to(tl.float32), axis=1)
 
     if HAS_CONTEXT:
-        target_tok = tl.load(target_ptr + b * n_slices * k_ctx + slot, mask=has_slot, other=0)
+        target_tok = tl.load(target_ptr + b * n_plan_programs * k_ctx + slot, mask=has_slot, other=0)
         mask = has_slot[:, None] & has_channel[None, :]
         target = tl.load(hidden + target_tok.to(tl.int64)[:, None] * hidden_token_stride, mask=mask, other=0.0)
         merged = target.to(tl.float32) + sums / tl.maximum(members, 1.0)[:, None]
         out_row = (k_dom + slot).to(tl.int64)[:, None] * out_token_stride
-        tl.store(out + out_row, _round_to(merged, out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out + out_row, round_to(merged, out_ptr.dtype.element_ty), mask=mask)

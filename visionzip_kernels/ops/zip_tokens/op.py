@@ -1,0 +1,126 @@
+"""``zip_tokens``: the public function, its validation, its backends and their registration.
+
+``zip_tokens(..., backend=...)`` validates its arguments once, here, then runs one backend:
+
+- ``"reference"``: the contract in PyTorch (``reference.py``), any device;
+- ``"cpu"``: the C++ CPU kernel (``csrc/zip_tokens_cpu.cpp``), CPU tensors;
+- ``"triton"``: two fused Triton launches (``triton.py``, ``triton_kernels.py``), CUDA tensors, or
+  CPU tensors through Triton's interpreter when ``TRITON_INTERPRET=1`` is set;
+- ``"cuda"``: the CUDA C++ kernels (``csrc/zip_tokens_cuda.cu``), CUDA tensors, when that
+  extension was built;
+- ``"auto"``: the first of ``available_backends(device)``.
+
+``auto`` prefers, on CUDA, the CUDA C++ backend over Triton: on an H200 (bf16, CLIP-L/336, 54 + 10,
+CUDA-graph replay; ``benchmarks/results/zip_tokens_nvidia-h200.csv``) it took 41.8 us against
+49.1 us at B=1 and 0.219 ms against 0.406 ms at B=256, and was faster at every batch measured.
+
+``torch.ops.visionzip.zip_tokens`` is the same op with the automatic choice; its fake kernel gives
+the output shapes to ``torch.compile``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ... import checks
+from ...backends import OpBackends, on_any_device, on_cpu, on_cuda_extension, on_triton_device
+from . import reference
+
+OP = "zip_tokens"
+
+BACKENDS = OpBackends(
+    OP,
+    preference={"cpu": ("cpu", "triton", "reference"), "cuda": ("cuda", "triton", "reference")},
+)
+BACKENDS.add_op("cpu", on_cpu, "_zip_tokens_cpu")
+BACKENDS.add_python_kernel(
+    "triton", on_triton_device, "_zip_tokens_triton", "visionzip_kernels.ops.zip_tokens.triton", "zip_tokens_triton"
+)
+BACKENDS.add_op("cuda", on_cuda_extension, "_zip_tokens_cuda")
+BACKENDS.add("reference", on_any_device, reference.zip_tokens)
+
+
+def check_zip_tokens_args(hidden, attn, k_dom, k_ctx, keys=None, has_cls=True) -> tuple[int, int, bool]:
+    """``(k_dom, k_ctx, has_cls)`` as plain Python values, or a ``TypeError``/``ValueError`` naming
+    the argument for any input the contract rejects."""
+    checks.check_float_tensor(hidden, "hidden", OP, {3: "[B, N, D]"})
+    checks.check_float_tensor(attn, "attn", OP, {4: "[B, H, N, N]", 3: "[B, H, N]", 2: "[B, N]"})
+    if keys is not None:
+        checks.check_float_tensor(keys, "keys", OP, {3: "[B, N, Dk]", 4: "[B, H, N, hd]"})
+    has_cls = checks.check_bool(has_cls, "has_cls", OP)
+    k_dom = checks.check_int(k_dom, "k_dom", OP)
+    k_ctx = checks.check_int(k_ctx, "k_ctx", OP)
+
+    batch, n_tokens, _ = hidden.shape
+    if attn.shape[0] != batch or attn.shape[-1] != n_tokens:
+        raise ValueError(
+            f"{OP}: `attn` must have B={batch} and N={n_tokens} like `hidden` "
+            f"{tuple(hidden.shape)}, got shape {tuple(attn.shape)}"
+        )
+    if attn.dim() == 4 and attn.shape[2] != n_tokens:
+        raise ValueError(
+            f"{OP}: a full `attn` map must be [B, H, N, N] with N={n_tokens}, got shape {tuple(attn.shape)}"
+        )
+    if keys is not None and (keys.shape[0] != batch or keys.shape[-2] != n_tokens):
+        raise ValueError(
+            f"{OP}: `keys` must have B={batch} and N={n_tokens} like `hidden` "
+            f"{tuple(hidden.shape)}, got shape {tuple(keys.shape)}"
+        )
+    checks.check_nonempty_dims(hidden, "hidden", OP, {2: "D"})
+    if attn.dim() > 2:
+        checks.check_nonempty_dims(attn, "attn", OP, {1: "H"})
+    if keys is not None:
+        checks.check_nonempty_dims(keys, "keys", OP, {-1: "Dk", **({1: "H"} if keys.dim() == 4 else {})})
+    checks.check_same_device({"hidden": hidden, "attn": attn, "keys": keys}, "hidden", OP)
+
+    if k_dom < 1:
+        counted = " (it counts the CLS token, so 1 keeps the CLS token alone)" if has_cls else ""
+        raise ValueError(f"{OP}: `k_dom` must be >= 1{counted}, got {k_dom}")
+    if k_ctx < 0:
+        raise ValueError(f"{OP}: `k_ctx` must be >= 0, got {k_ctx}")
+    if k_dom + k_ctx > n_tokens:
+        raise ValueError(
+            f"{OP}: `k_dom` + `k_ctx` must be <= N={n_tokens} tokens, got {k_dom} + {k_ctx} = {k_dom + k_ctx}"
+        )
+    return k_dom, k_ctx, has_cls
+
+
+def available_backends(device) -> list[str]:
+    """The ``zip_tokens`` backends that run on ``device`` (a ``torch.device`` or a string), fastest first."""
+    return BACKENDS.available(device)
+
+
+def zip_tokens(
+    hidden: torch.Tensor,
+    attn: torch.Tensor,
+    k_dom: int,
+    k_ctx: int,
+    keys: torch.Tensor | None = None,
+    has_cls: bool = True,
+    *,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VisionZip's dominant and contextual tokens (``docs/CONTRACT.md``).
+
+    hidden: ``[B, N, D]``; attn: ``[B, H, N, N]``, ``[B, H, N]`` or ``[B, N]``; keys: ``None``,
+    ``[B, N, Dk]`` or ``[B, H, N, hd]``; float32, float16 or bfloat16, on one device.
+    Returns ``tokens`` ``[B, k_dom + k_ctx, D]`` in ``hidden``'s dtype and ``dominant_idx``
+    ``[B, k_dom]`` int64 (ascending).
+    """
+    k_dom, k_ctx, has_cls = check_zip_tokens_args(hidden, attn, k_dom, k_ctx, keys, has_cls)
+    chosen = BACKENDS.resolve(backend, hidden.device)
+    return chosen.run(hidden, attn, k_dom, k_ctx, keys, has_cls)
+
+
+def zip_tokens_fake(hidden, attn, k_dom, k_ctx, keys=None, has_cls=True):
+    """The outputs' shapes and dtypes, for ``torch.compile``."""
+    k_dom, k_ctx, _ = check_zip_tokens_args(hidden, attn, k_dom, k_ctx, keys, has_cls)
+    batch, _, width = hidden.shape
+    tokens = hidden.new_empty(batch, k_dom + k_ctx, width)
+    return tokens, hidden.new_empty(batch, k_dom, dtype=torch.int64)
+
+
+def _zip_tokens_auto(hidden, attn, k_dom, k_ctx, keys=None, has_cls=True):
+    return zip_tokens(hidden, attn, k_dom, k_ctx, keys, has_cls, backend="auto")
+
+
+BACKENDS.register(zip_tokens_fake, _zip_tokens_auto)

@@ -1,0 +1,4 @@
+"""Helpers for checking and timing the ops, used by ``python -m visionzip_kernels``, the tests and
+the benchmarks: ``parity`` (a backend's output against the reference, under the package's
+tolerances), ``timing`` (medians and quantiles of repeated calls, CPU or CUDA), ``published``
+(the published VisionZip selection, the baseline)."""
