@@ -539,3 +539,37 @@ def test_applying_twice_is_refused():
     assert "get_image_features" not in vars(other.model), "a failed apply changes nothing"
     handle.remove()
     apply_visionzip(model, processor, dominant=DOMINANT, contextual=CONTEXTUAL).remove()
+
+
+def test_a_backend_that_cannot_run_on_the_model_device_is_refused():
+    model = make_llava()
+    with pytest.raises(ValueError, match="backend='cuda' cannot run on the model's device \\(cpu\\)"):
+        apply_visionzip(model, dominant=DOMINANT, contextual=CONTEXTUAL, backend="cuda")
+    assert "get_image_features" not in vars(model.model)
+    with pytest.raises(ValueError, match="`backend` must be one of"):
+        apply_visionzip(model, dominant=DOMINANT, contextual=CONTEXTUAL, backend="fast")
+
+
+def test_entering_a_removed_handle_is_refused():
+    model = CLIPVisionModel(vision_config("clip")).eval()
+    handle = apply_visionzip(model, dominant=DOMINANT, contextual=CONTEXTUAL)
+    assert (handle.budget.dominant, handle.budget.contextual, handle.budget.tokens) == (DOMINANT, CONTEXTUAL, TOKENS)
+    handle.remove()
+    with pytest.raises(RuntimeError, match="this handle was removed"):
+        with handle:
+            pass
+    assert "forward" not in vars(model)
+
+
+def test_the_language_model_options_pass_through_a_llava_model():
+    """output_hidden_states / output_attentions ask the language model for its own; VisionZip
+    leaves them to it."""
+    model, processor = make_llava(), make_llava_processor()
+    apply_visionzip(model, processor, dominant=DOMINANT, contextual=CONTEXTUAL)
+    inputs = make_inputs(processor, "3-images")
+    with torch.no_grad():
+        plain = model(**inputs)
+        detailed = model(**inputs, output_hidden_states=True, output_attentions=True)
+    assert len(detailed.hidden_states) == model.config.text_config.num_hidden_layers + 1
+    assert detailed.hidden_states[0].shape[1] == inputs["input_ids"].shape[1]
+    torch.testing.assert_close(detailed.logits, plain.logits)

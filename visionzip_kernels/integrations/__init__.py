@@ -21,14 +21,14 @@ count) are replaced, on the given instances. Module by module:
 - ``apply.py``: ``apply_visionzip``, the checks and the dispatch;
 - ``budget.py``: the ``dominant``/``contextual`` budget and its checks;
 - ``encoder.py``: the vision encoder run to its penultimate layer, with VisionZip;
-- ``llava.py``, ``llava_next.py``, ``vision_model.py``: the replaced model methods;
-- ``layout.py``: how many tokens an image becomes, in which order (LLaVA-NeXT's crops and newlines);
+- ``llava.py``, ``llava_next.py``: the replaced LLaVA methods (and LLaVA-NeXT's token layout);
+- ``vision_model.py``: the replaced ``forward`` of a bare vision model, and ``VisionZipOutput``,
+  what every replaced method returns;
 - ``processor.py``: the replaced processor methods;
-- ``handle.py``: instance patches and ``VisionZipHandle``, which undoes them;
-- ``outputs.py``: ``VisionZipOutput``, what the replaced methods return.
+- ``handle.py``: instance patches and ``VisionZipHandle``, which undoes them.
 """
 from .apply import apply_visionzip
 from .handle import VisionZipHandle
-from .outputs import VisionZipOutput
+from .vision_model import VisionZipOutput
 
 __all__ = ["VisionZipHandle", "VisionZipOutput", "apply_visionzip"]

@@ -82,7 +82,7 @@ def apply_visionzip(
             )
         budget = make_budget(model, dominant, contextual, backend)
         patches = patch_vision_model(model, budget)
-        return VisionZipHandle(model, None, budget.dominant, budget.contextual, patches)
+        return VisionZipHandle(model, None, budget, patches)
 
     inner, processor_class, patch_model, patch_processor = parts
     if not isinstance(inner.vision_tower, VISION_MODELS):
@@ -101,4 +101,4 @@ def apply_visionzip(
             for patch in reversed(patches):
                 patch.restore()
             raise
-    return VisionZipHandle(model, processor, budget.dominant, budget.contextual, patches)
+    return VisionZipHandle(model, processor, budget, patches)

@@ -55,27 +55,20 @@ def bind_methods(owner: Any, functions: dict[str, Callable], owner_arg: str) -> 
 class VisionZipHandle:
     """What ``apply_visionzip`` changed, and how to undo it.
 
-    Attributes: ``model`` and ``processor`` (``None`` if none was given), ``dominant`` and
-    ``contextual`` (the budget), ``tokens_per_crop`` (``dominant + contextual``: the tokens each
-    image, or each LLaVA-NeXT crop, becomes), ``active`` (``False`` once removed).
+    Attributes: ``model`` and ``processor`` (``None`` if none was given), ``budget`` (the
+    ``Budget``: ``dominant``, ``contextual``, ``tokens`` per image or LLaVA-NeXT crop, ``backend``),
+    ``active`` (``False`` once removed).
 
     ``remove()`` restores the model and the processor exactly; calling it again does nothing.
     The handle is also a context manager: ``with apply_visionzip(model, processor): ...`` removes
-    VisionZip on leaving the block.
+    VisionZip on leaving the block; entering a removed handle raises ``RuntimeError``.
     """
 
-    def __init__(
-        self, model, processor, dominant: int, contextual: int, patches: list[InstancePatch]
-    ):
+    def __init__(self, model, processor, budget, patches: list[InstancePatch]):
         self.model = model
         self.processor = processor
-        self.dominant = dominant
-        self.contextual = contextual
+        self.budget = budget
         self._patches = list(patches)
-
-    @property
-    def tokens_per_crop(self) -> int:
-        return self.dominant + self.contextual
 
     @property
     def active(self) -> bool:
@@ -87,6 +80,11 @@ class VisionZipHandle:
             self._patches.pop().restore()
 
     def __enter__(self) -> VisionZipHandle:
+        if not self.active:
+            raise RuntimeError(
+                "VisionZipHandle: this handle was removed, so VisionZip is not applied; call "
+                "apply_visionzip again to use it"
+            )
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -95,6 +93,6 @@ class VisionZipHandle:
     def __repr__(self) -> str:
         state = "active" if self.active else "removed"
         return (
-            f"VisionZipHandle({type(self.model).__name__}, dominant={self.dominant}, "
-            f"contextual={self.contextual}, {state})"
+            f"VisionZipHandle({type(self.model).__name__}, dominant={self.budget.dominant}, "
+            f"contextual={self.budget.contextual}, {state})"
         )

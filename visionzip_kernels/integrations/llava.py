@@ -21,7 +21,7 @@ import torch
 from .budget import Budget
 from .encoder import visionzip_features
 from .handle import InstancePatch, bind_methods
-from .outputs import VisionZipOutput, pop_return_dict
+from .vision_model import LANGUAGE_MODEL_OPTIONS, VisionZipOutput, pop_return_dict
 
 
 def is_penultimate(layer, num_layers: int) -> bool:
@@ -75,6 +75,8 @@ def get_image_features(
     ``last_hidden_state`` ``[B, dominant + contextual, D_vision]`` the zipped tokens before the
     projector; ``dominant_idx`` ``[B, dominant]``. ``vision_feature_select_strategy`` is accepted
     and ignored (see the module docstring); ``return_dict=False`` returns the output's tuple.
+    ``output_attentions``/``output_hidden_states``, which the model's ``forward`` passes on from its
+    own arguments for the language model, are accepted; the output holds no vision-layer ones.
     """
     caller = "VisionZip get_image_features"
     if vision_feature_layer is not None:
@@ -84,7 +86,7 @@ def get_image_features(
             f"{caller}: `image_sizes` is only used by variable-resolution vision towers, which "
             "VisionZip does not support; CLIP and SigLIP towers take fixed-size images"
         )
-    return_dict = pop_return_dict(kwargs, caller)
+    return_dict = pop_return_dict(kwargs, caller, ignored=LANGUAGE_MODEL_OPTIONS)
     tokens, dominant_idx, features = project_zipped(llava_model, pixel_values, budget)
     output = VisionZipOutput(
         last_hidden_state=tokens, pooler_output=list(features), dominant_idx=dominant_idx

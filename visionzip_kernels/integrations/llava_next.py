@@ -4,27 +4,60 @@ As for LLaVA-1.5 (``llava.py``) the one method replaced is ``get_image_features`
 ``LlavaNextModel`` instance. Each crop of an image (the base crop and every high-resolution crop)
 is zipped on its own to ``dominant + contextual`` tokens (the CLS token kept among the dominant
 tokens, whatever ``vision_feature_select_strategy`` says) and projected; an image's features are
-then laid out as ``layout.py`` describes: the base crop's tokens, then each row of crops followed by
-one ``image_newline`` token. The processor (``processor.py``) writes the same number of
-placeholders, from the same functions.
+then laid out as below. The processor (``processor.py``) writes the same number of placeholders,
+from the same functions (``crop_grid``, ``llava_next_image_tokens``).
 
 Unlike the published code, this works for any crop grid (``image_grid_pinpoints``) and encoder
 size, and keeps the newline tokens.
+
+LLaVA-NeXT: an image is a base crop (the whole image, resized) plus a ``rows x cols`` grid of
+high-resolution crops, the grid picked by ``select_best_resolution`` among ``image_grid_pinpoints``
+(the crops come in row-major order, as the image processor cuts them). Each crop is zipped on its
+own to ``t`` tokens, and the image's features are laid out as::
+
+    base crop (t)
+    crop (0, 0) (t)  crop (0, 1) (t)  ...  crop (0, cols-1) (t)  image_newline (1)
+    ...
+    crop (rows-1, 0) (t)  ...  crop (rows-1, cols-1) (t)  image_newline (1)
+
+that is, ``t * (1 + rows * cols) + rows`` tokens: one ``image_newline`` closes each row of crops,
+as in LLaVA-NeXT, where it closes each row of patches. Zipped tokens have no place on the
+patch grid (the contextual tokens merge patches from anywhere in the crop), so the newline marks
+rows of crops; and no token is dropped as padding (LLaVA-NeXT's "unpad" step), so the count depends
+only on the image size, never on which tokens were kept.
 """
 from __future__ import annotations
 
 import torch
+from transformers.image_processing_utils import select_best_resolution
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from .budget import Budget
 from .handle import InstancePatch
-from .layout import crop_grid
 from .llava import check_feature_layer, patch_image_features, project_zipped
-from .outputs import VisionZipOutput, pop_return_dict
+from .vision_model import LANGUAGE_MODEL_OPTIONS, VisionZipOutput, pop_return_dict
+
+
+def crop_grid(image_size, grid_pinpoints, crop_height: int, crop_width: int) -> tuple[int, int]:
+    """``(rows, cols)`` of LLaVA-NeXT's high-resolution crops for an image of ``image_size``.
+
+    image_size: ``(height, width)`` of the original image (ints, or a 2-element tensor/array);
+    grid_pinpoints: the candidate resolutions ``[[height, width], ...]``; crop_height/width: the
+    size of one crop (the vision encoder's ``image_size``).
+    """
+    if hasattr(image_size, "tolist"):
+        image_size = image_size.tolist()
+    best_height, best_width = select_best_resolution(list(image_size), grid_pinpoints)
+    return best_height // crop_height, best_width // crop_width
+
+
+def llava_next_image_tokens(tokens_per_crop: int, rows: int, cols: int) -> int:
+    """Tokens of one LLaVA-NeXT image: base crop, ``rows x cols`` crops, one newline per row."""
+    return tokens_per_crop * (1 + rows * cols) + rows
 
 
 def pack_image(crops: torch.Tensor, rows: int, cols: int, newline: torch.Tensor) -> torch.Tensor:
-    """One image's features in the ``layout.py`` order.
+    """One image's features in the order of the module docstring.
 
     crops: ``[1 + rows * cols, t, D]`` the base crop then the high-resolution crops, row-major;
     newline: ``[D]``. Returns ``[t * (1 + rows * cols) + rows, D]``.
@@ -59,7 +92,7 @@ def get_image_features(
     config = llava_model.config
     if vision_feature_layer is not None:
         check_feature_layer(vision_feature_layer, config.vision_config, caller)
-    return_dict = pop_return_dict(kwargs, caller)
+    return_dict = pop_return_dict(kwargs, caller, ignored=LANGUAGE_MODEL_OPTIONS)
     crop_size = config.vision_config.image_size
     num_crops = [
         image_size_to_num_patches(size, config.image_grid_pinpoints, crop_size)

@@ -1,14 +1,14 @@
 """VisionZip in ``LlavaProcessor`` and ``LlavaNextProcessor``: fewer placeholders per image.
 
 A LLaVA processor expands every ``<image>`` in the text to as many image tokens as the model has
-features for that image. With VisionZip that count comes from ``layout.py``, and the processor is
+features for that image. With VisionZip that count comes from ``llava_next.py``, and the processor is
 patched on its instance at the narrowest point that decides it:
 
 - ``LlavaProcessor``: ``replace_image_token`` (the placeholder string for one image, used by
   ``__call__``) and ``_get_num_multimodal_tokens`` (the same count, for serving engines) return
   ``dominant + contextual`` per image.
 - ``LlavaNextProcessor``: ``_get_number_of_features``, which both of those call, returns the
-  ``layout.py`` count for the image's crop grid. Its callers subtract one token when the
+  ``llava_next_image_tokens`` count for the image's crop grid. Its callers subtract one token when the
   processor's ``vision_feature_select_strategy`` is ``"default"`` (LLaVA drops the CLS token);
   VisionZip keeps the CLS token, so that one token is added back here.
 """
@@ -20,7 +20,7 @@ from transformers.processing_utils import MultiModalData
 
 from .budget import Budget
 from .handle import InstancePatch, bind_methods
-from .layout import crop_grid, llava_next_image_tokens
+from .llava_next import crop_grid, llava_next_image_tokens
 
 
 def replace_image_token(
@@ -45,7 +45,7 @@ def get_number_of_features(
 ) -> int:
     """Image tokens of an ``orig_height x orig_width`` LLaVA-NeXT image, ``height x width`` crops.
 
-    The ``layout.py`` count, plus one where the caller will subtract the CLS token.
+    The ``llava_next_image_tokens`` count, plus one where the caller will subtract the CLS token.
     """
     pinpoints = processor.image_processor.image_grid_pinpoints
     rows, cols = crop_grid((orig_height, orig_width), pinpoints, height, width)
@@ -77,6 +77,6 @@ def patch_llava_processor(processor, budget: Budget) -> list[InstancePatch]:
 
 
 def patch_llava_next_processor(processor, budget: Budget) -> list[InstancePatch]:
-    """Patch a ``LlavaNextProcessor`` instance to write the ``layout.py`` count per image."""
+    """Patch a ``LlavaNextProcessor`` instance to write the ``llava_next_image_tokens`` count per image."""
     methods = {"_get_number_of_features": functools.partial(get_number_of_features, budget=budget)}
     return bind_methods(processor, methods, owner_arg="processor")

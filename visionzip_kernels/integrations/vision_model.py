@@ -6,15 +6,74 @@ encoder layer (the layer LLaVA reads), not of the last one, which is not run. ``
 ``None``: CLIP's pooled output (the post-layernormed CLS token of the last layer) and SigLIP's
 attention-pooling head both read the last layer. ``dominant_idx`` gives the kept token indices.
 Attention stays the model's own implementation (SDPA by default) in every layer.
+
+``VisionZipOutput`` is what every replaced method returns (here and in the LLaVA models), and
+``pop_return_dict`` checks which of the usual output options such a method accepts.
 """
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .budget import Budget
 from .encoder import visionzip_features
 from .handle import InstancePatch, bind_methods
-from .outputs import VisionZipOutput, pop_return_dict
+
+
+@dataclass
+class VisionZipOutput(BaseModelOutputWithPooling):
+    """``BaseModelOutputWithPooling`` plus the indices of the dominant tokens.
+
+    last_hidden_state: ``[B, dominant + contextual, D]`` the zipped tokens of the penultimate
+        encoder layer, in the vision encoder's width ``D`` (one row per image, or per LLaVA-NeXT
+        crop): the dominant tokens in ascending index order (the CLS token first where there is
+        one), then the contextual tokens.
+    pooler_output: ``None`` for a bare vision model (the last layer, which the pooled output reads,
+        is not run); for a LLaVA model, the projected features handed to the language model, a
+        list with one ``[tokens, text_hidden]`` tensor per image.
+    dominant_idx: ``[B, dominant]`` int64, the ascending indices of the dominant tokens among the
+        encoder's ``N`` tokens (CLS at 0 where there is one).
+    """
+
+    dominant_idx: torch.LongTensor | None = None
+
+
+UNSUPPORTED_OPTIONS = ("output_attentions", "output_hidden_states", "interpolate_pos_encoding")
+# Options of a LLaVA model's forward that reach ``get_image_features`` with the forward's keyword
+# arguments: they ask the language model for its attentions and hidden states, which it still
+# returns; the replaced method has no vision-layer outputs to add, so it leaves them out.
+LANGUAGE_MODEL_OPTIONS = ("output_attentions", "output_hidden_states")
+
+
+def pop_return_dict(kwargs: dict, caller: str, ignored: tuple[str, ...] = ()) -> bool | None:
+    """Check a replacement method's extra keyword arguments and return its ``return_dict``.
+
+    ``ignored`` options are accepted whatever their value. Raises ``ValueError`` for any other
+    option VisionZip cannot honour set to true (the encoder runs to its penultimate layer only, at
+    its configured image size) and ``TypeError`` for any other argument; ``None`` and ``False``
+    values are accepted and ignored.
+    """
+    for option in ignored:
+        kwargs.pop(option, None)
+    for option in UNSUPPORTED_OPTIONS:
+        if kwargs.pop(option, None):
+            raise ValueError(
+                f"{caller}: `{option}=True` is not supported while VisionZip is applied (the "
+                "encoder runs to its penultimate layer only, at its configured image size); "
+                "remove VisionZip for this call"
+            )
+    return_dict = kwargs.pop("return_dict", None)
+    unsupported = sorted(
+        name for name, value in kwargs.items() if value is not None and value is not False
+    )
+    if unsupported:
+        raise TypeError(
+            f"{caller}: unsupported arguments while VisionZip is applied: {unsupported}"
+        )
+    return return_dict
 
 
 def zipped_forward(model, pixel_values=None, *, budget: Budget, **kwargs):
