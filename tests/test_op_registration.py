@@ -64,8 +64,23 @@ def test_torch_compile_inductor():
     assert_matches_reference(tokens / 2.0, dominant_idx, inputs)
 
 
-def test_available_backends():
-    assert vz.available_backends("cpu")[0] == "cpu"
-    assert "reference" in vz.available_backends("cpu")
-    assert vz.available_backends("meta") == ["reference"]
-    assert set(vz.available_backends("cuda")) <= {"triton", "cuda", "reference"}
+def test_available_backends(monkeypatch):
+    """Exactly the backends that run, fastest first, for each state of Triton and the CUDA build."""
+    from visionzip_kernels import _extension, backends
+
+    monkeypatch.setattr(backends, "triton_importable", lambda: True)
+    for interpreted, built, on_cpu, on_cuda in [
+        (True, True, ["cpu", "triton", "reference"], ["cuda", "reference"]),
+        (False, True, ["cpu", "reference"], ["cuda", "triton", "reference"]),
+        (False, False, ["cpu", "reference"], ["triton", "reference"]),
+    ]:
+        monkeypatch.setattr(backends, "triton_interpreter_on", lambda: interpreted)
+        monkeypatch.setattr(_extension, "CUDA_EXTENSION_BUILT", built)
+        assert vz.available_backends("cpu") == on_cpu
+        assert vz.available_backends("cuda") == on_cuda
+        assert vz.available_backends(torch.device("cuda", 1)) == on_cuda
+        assert vz.available_backends("meta") == ["reference"]
+    monkeypatch.setattr(backends, "triton_importable", lambda: False)
+    assert vz.available_backends("cuda") == ["reference"]
+    with pytest.raises(ValueError, match="the `triton` package is not installed"):
+        vz.zip_tokens(torch.randn(1, 5, 4), torch.rand(1, 5), 2, 1, backend="triton")

@@ -59,12 +59,20 @@ def test_ordered_sum_is_left_to_right():
     assert reference.ordered_sum(x, dim=0).item() == 1.0
 
 
-def test_plan_is_applied_in_any_precision():
-    inputs = make_inputs(ZipCase(2, 40, 16, 2, 8, 6, 4), torch.bfloat16, seed=1)
-    plan = reference.plan_zip(inputs["attn"], reference.merge_metric(inputs["hidden"], inputs["keys"]), 6, 4, True)
-    wide = reference.apply_zip(inputs["hidden"].double(), plan)
-    assert wide.dtype == torch.float64
-    torch.testing.assert_close(reference.apply_zip(inputs["hidden"], plan).double(), wide, atol=0.02, rtol=0.01)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_plan_is_applied_in_float32_and_rounded_once(dtype):
+    """A 16-bit apply accumulates in float32 and rounds once: bit for bit the float32 apply of the
+    same values rounded to the dtype, and within one rounding (plus float32 sums) of float64."""
+    inputs = make_inputs(ZipCase(2, 40, 16, 2, 8, 6, 4), dtype, seed=1)
+    hidden = inputs["hidden"]
+    plan = reference.plan_zip(inputs["attn"], reference.merge_metric(hidden, inputs["keys"]), 6, 4, True)
+    low = reference.apply_zip(hidden, plan)
+    assert low.dtype == dtype
+    assert torch.equal(low, reference.apply_zip(hidden.float(), plan).to(dtype))
+    exact = reference.apply_zip(hidden.double(), plan)
+    assert exact.dtype == torch.float64
+    half_ulp = torch.finfo(dtype).eps / 2
+    torch.testing.assert_close(low.double(), exact, atol=1e-6, rtol=half_ulp * 1.01)
 
 
 def test_unit_keys_follow_the_contract_order_bit_for_bit():

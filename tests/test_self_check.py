@@ -1,32 +1,35 @@
-"""`python -m visionzip_kernels` and `benchmarks/bench_zip_tokens.py` run, report, and fail loudly."""
+"""The self-check (`python -m visionzip_kernels`) and `benchmarks/bench_zip_tokens.py` run, report, and fail loudly."""
 import csv
 import sys
 from pathlib import Path
 
-import visionzip_kernels.__main__ as main_job
+import visionzip_kernels.__main__ as self_check
 
 SMALL_GEOMETRIES = [("CLIP-like", 80, 48, 4, 16, True), ("SigLIP-like", 90, 40, 4, 12, False)]
 
 
-def test_main_job_checks_every_backend(monkeypatch, capsys):
-    monkeypatch.setattr(main_job, "GEOMETRIES", SMALL_GEOMETRIES)
-    assert main_job.main(["--batch", "2", "--device", "cpu"]) == 0
+def test_self_check_checks_every_backend(monkeypatch, capsys):
+    monkeypatch.setattr(self_check, "GEOMETRIES", SMALL_GEOMETRIES)
+    assert self_check.main(["--batch", "2", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "all backends agree with the reference" in out
-    for backend in main_job.available_backends("cpu"):
-        assert f" {backend} " in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("CLIP-like", "SigLIP-like"))]
+    backends = self_check.available_backends("cpu")
+    assert [row[2] for row in rows] == backends * 6  # 2 geometries x 3 dtypes
+    for row in rows:
+        assert row[3] == ("baseline" if row[2] == "reference" else "equal")
 
 
-def test_main_job_fails_when_a_backend_disagrees(monkeypatch, capsys):
-    monkeypatch.setattr(main_job, "GEOMETRIES", SMALL_GEOMETRIES[:1])
-    real_zip_tokens = main_job.zip_tokens
+def test_self_check_fails_when_a_backend_disagrees(monkeypatch, capsys):
+    monkeypatch.setattr(self_check, "GEOMETRIES", SMALL_GEOMETRIES[:1])
+    real_zip_tokens = self_check.zip_tokens
 
     def wrong_cpu_backend(*args, backend, **kwargs):
         tokens, dominant_idx = real_zip_tokens(*args, backend=backend, **kwargs)
         return (tokens * 1.01, dominant_idx) if backend == "cpu" else (tokens, dominant_idx)
 
-    monkeypatch.setattr(main_job, "zip_tokens", wrong_cpu_backend)
-    assert main_job.main(["--batch", "1", "--device", "cpu"]) == 1
+    monkeypatch.setattr(self_check, "zip_tokens", wrong_cpu_backend)
+    assert self_check.main(["--batch", "1", "--device", "cpu"]) == 1
     assert "FAILED" in capsys.readouterr().out
 
 
