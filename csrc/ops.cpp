@@ -9,9 +9,11 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(visionzip, m) {
+  // `bool? has_cls`: PyTorch's argument parser turns None into False for a plain `bool`; optional,
+  // None reaches the validation, which rejects it as the Python function does.
   m.def(
       "zip_tokens(Tensor hidden, Tensor attn, int k_dom, int k_ctx, Tensor? keys=None, "
-      "bool has_cls=True) -> (Tensor, Tensor)");
+      "bool? has_cls=True) -> (Tensor, Tensor)");
   m.def(
       "_zip_tokens_cpu(Tensor hidden, Tensor attn, int k_dom, int k_ctx, Tensor? keys=None, "
       "bool has_cls=True) -> (Tensor, Tensor)");

@@ -84,3 +84,12 @@ def test_available_backends(monkeypatch):
     assert vz.available_backends("cuda") == ["reference"]
     with pytest.raises(ValueError, match="the `triton` package is not installed"):
         vz.zip_tokens(torch.randn(1, 5, 4), torch.rand(1, 5), 2, 1, backend="triton")
+
+
+def test_meta_tensors_get_the_output_shapes_and_a_clear_error_for_triton():
+    inputs = make_inputs(ZipCase(2, 33, 24, 3, 8, 6, 4, key_layout="heads"), torch.float16, device="meta")
+    tokens, dominant_idx = vz.zip_tokens(**inputs)
+    assert tokens.device.type == "meta" and tokens.shape == (2, 10, 24) and tokens.dtype == torch.float16
+    assert dominant_idx.shape == (2, 6) and dominant_idx.dtype == torch.int64
+    with pytest.raises(ValueError, match="backend='triton' is not available on meta: it runs on cuda tensors"):
+        vz.zip_tokens(**inputs, backend="triton")

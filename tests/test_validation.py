@@ -1,4 +1,5 @@
 """Every bad input the contract lists raises a clear error naming the argument, and writes nothing."""
+import numpy as np
 import pytest
 import torch
 
@@ -42,6 +43,17 @@ BAD_INPUTS = [
     ("k_ctx", 25, ValueError, r"`k_dom` \+ `k_ctx` must be <= N=30"),
     ("k_dom", 31, ValueError, r"`k_dom` \+ `k_ctx` must be <= N=30"),
     ("has_cls", 1, TypeError, "`has_cls` must be a bool"),
+    ("has_cls", None, TypeError, "`has_cls` must be a bool, got NoneType"),
+    ("hidden", torch.randn(B, N, 0), ValueError, r"`hidden` must have D >= 1"),
+    ("attn", torch.rand(B, 0, N), ValueError, r"`attn` must have H >= 1"),
+    ("attn", torch.rand(B, 0, N, N), ValueError, r"`attn` must have H >= 1"),
+    ("keys", torch.randn(B, N, 0), ValueError, r"`keys` must have Dk >= 1"),
+    ("keys", torch.randn(B, 0, N, 8), ValueError, r"`keys` must have H >= 1"),
+    ("keys", torch.randn(B, H, N, 0), ValueError, r"`keys` must have Dk >= 1"),
+    ("k_dom", 2**63, ValueError, "`k_dom` must fit in 64 bits"),
+    ("k_ctx", torch.tensor(2.7), TypeError, "`k_ctx` must be an int, got Tensor"),
+    ("k_dom", np.bool_(True), TypeError, "`k_dom` must be an int, got bool"),
+    ("k_dom", torch.tensor(True), TypeError, "`k_dom` must be an int, got bool"),
 ]
 
 
@@ -58,7 +70,12 @@ def test_bad_input_raises_and_writes_nothing(name, value, error, message, backen
             assert torch.equal(args[key], original)
 
 
-@pytest.mark.parametrize("name,value,error,message", [bad for bad in BAD_INPUTS if bad[2] is ValueError])
+PARSER_REJECTS = {"k_dom": 2**63}  # PyTorch's argument parser refuses an int beyond 64 bits first
+
+
+@pytest.mark.parametrize(
+    "name,value,error,message", [bad for bad in BAD_INPUTS if bad[2] is ValueError and PARSER_REJECTS.get(bad[0]) != bad[1]]
+)
 def test_torch_ops_entry_point_validates_too(name, value, error, message):
     """The schema rejects wrong Python types itself; every value error comes from the validation."""
     args = good_args()
@@ -67,6 +84,29 @@ def test_torch_ops_entry_point_validates_too(name, value, error, message):
         torch.ops.visionzip.zip_tokens(
             args["hidden"], args["attn"], args["k_dom"], args["k_ctx"], args["keys"], args["has_cls"]
         )
+
+
+@pytest.mark.parametrize("k_dom", [2**63, 6.0])
+def test_torch_ops_parser_refuses_non_int64_budgets(k_dom):
+    """Through torch.ops, PyTorch parses arguments by the schema before the validation runs."""
+    args = good_args()
+    with pytest.raises(RuntimeError, match="Expected a value of type 'int' for argument 'k_dom'"):
+        torch.ops.visionzip.zip_tokens(args["hidden"], args["attn"], k_dom, 4, args["keys"], True)
+
+
+def test_none_has_cls_is_refused_through_torch_ops():
+    args = good_args()
+    with pytest.raises(TypeError, match="`has_cls` must be a bool, got NoneType"):
+        torch.ops.visionzip.zip_tokens(args["hidden"], args["attn"], 6, 4, args["keys"], None)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_numpy_and_tensor_scalars_are_accepted_as_their_values(backend):
+    args = good_args()
+    expected = vz.zip_tokens(**args, backend=backend)
+    scalars = dict(args, k_dom=np.int64(6), k_ctx=torch.tensor(4), has_cls=np.bool_(True))
+    got = vz.zip_tokens(**scalars, backend=backend)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 def test_unknown_backend():

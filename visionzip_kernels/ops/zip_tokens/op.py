@@ -15,7 +15,8 @@ CUDA-graph replay; ``benchmarks/results/zip_tokens_nvidia-h200.csv``) it took 41
 49.1 us at B=1 and 0.219 ms against 0.406 ms at B=256, and was faster at every batch measured.
 
 ``torch.ops.visionzip.zip_tokens`` is the same op with the automatic choice; its fake kernel gives
-the output shapes to ``torch.compile``.
+the output shapes to ``torch.compile``. Every backend is differentiable with respect to ``hidden``
+(``autograd.py``; the reference through PyTorch's own autograd).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 
 from ... import checks
 from ...backends import OpBackends, on_any_device, on_cpu, on_cuda_extension, on_triton_device
-from . import reference
+from . import autograd, reference
 
 OP = "zip_tokens"
 
@@ -123,4 +124,4 @@ def _zip_tokens_auto(hidden, attn, k_dom, k_ctx, keys=None, has_cls=True):
     return zip_tokens(hidden, attn, k_dom, k_ctx, keys, has_cls, backend="auto")
 
 
-BACKENDS.register(zip_tokens_fake, _zip_tokens_auto)
+BACKENDS.register(zip_tokens_fake, _zip_tokens_auto, autograd=(autograd.backward, autograd.setup_context))

@@ -125,10 +125,14 @@ def plan_zip(
 
     step = max(1, n_remaining // k_ctx)
     target_pos = torch.arange(0, n_remaining, step, device=device)[:k_ctx]
-    is_target = torch.zeros(n_remaining, dtype=torch.bool, device=device)
-    is_target[target_pos] = True
+    is_target = torch.zeros(n_remaining, dtype=torch.uint8, device=device)
+    is_target[target_pos] = 1
+    # The merge positions, ascending, by a stable sort rather than a boolean mask: their count is
+    # known here, so no device data is read on the host (nor needed on the meta device).
+    n_merge = n_remaining - target_pos.shape[0]
+    merge_pos = torch.sort(is_target, stable=True).indices[:n_merge]
     target_idx = remaining_idx[:, target_pos]
-    merge_idx = remaining_idx[:, ~is_target]
+    merge_idx = remaining_idx[:, merge_pos]
 
     sim = similarity(
         normalise(gather_tokens(metric, merge_idx)), normalise(gather_tokens(metric, target_idx))
