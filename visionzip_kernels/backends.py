@@ -16,6 +16,7 @@ Triton kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -30,8 +31,10 @@ from . import _extension
 RunsOn = Callable[[torch.device], "str | None"]
 
 
+@functools.cache
 def triton_importable() -> bool:
-    """Whether the ``triton`` package can be imported."""
+    """Whether the ``triton`` package can be imported (looked up once: a search of ``sys.path``
+    costs hundreds of microseconds, more than a whole call of an op)."""
     return importlib.util.find_spec("triton") is not None
 
 
@@ -101,6 +104,7 @@ class OpBackends:
         self.preference = preference
         self._backends: dict[str, Backend] = {}
         self._backend_ops: list[str] = []
+        self._auto: dict[str, Backend] = {}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -134,9 +138,16 @@ class OpBackends:
         return [name for name in order if self._backends[name].runs_on(device) is None]
 
     def resolve(self, backend: str, device: torch.device) -> Backend:
-        """The backend ``backend`` names (``"auto"``: the first available), or a ``ValueError``."""
+        """The backend ``backend`` names (``"auto"``: the first available), or a ``ValueError``.
+
+        The ``"auto"`` choice is made once per device type: what decides it (the packages, the
+        ``TRITON_INTERPRET`` setting, the extensions built) is fixed once the package is imported.
+        """
         if backend == "auto":
-            return self._backends[self.available(device)[0]]
+            chosen = self._auto.get(device.type)
+            if chosen is None:
+                chosen = self._auto[device.type] = self._backends[self.available(device)[0]]
+            return chosen
         if not isinstance(backend, str) or backend not in self._backends:
             raise ValueError(f"{self.op}: `backend` must be one of {self.names}, got {backend!r}")
         chosen = self._backends[backend]

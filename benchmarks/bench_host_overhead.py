@@ -1,0 +1,94 @@
+"""How much host time does one call of each op cost before and around its kernel?
+
+Tiny inputs (one image of 8 tokens, width 4, 2 heads), so that the kernel itself costs next to
+nothing and the time per call is the host's: argument parsing, validation, backend choice and
+dispatch. For each op, three entry points side by side: the backend op alone
+(``torch.ops.visionzip._<op>_<backend>``, the floor), the Python function (``vz.<op>``) and the
+public ``torch.ops.visionzip.<op>``. Configurations are measured interleaved: each round times
+every configuration once (a block of ``--calls`` calls, host clock), and the table reports the
+median over rounds of the microseconds per call, with the 20th and 80th percentiles. One thread.
+
+    python benchmarks/bench_host_overhead.py            # rows to benchmarks/results/host_overhead_<device>.csv
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_environment import RESULTS_DIR, device_slug, environment, write_rows  # noqa: E402
+
+import visionzip_kernels as vz  # noqa: E402
+from visionzip_kernels.ops import attention_importance, zip_tokens  # noqa: E402
+from visionzip_kernels.testing.timing import summarise  # noqa: E402
+
+
+def entry_points(device: torch.device) -> dict:
+    """``(op, entry point) -> call`` for both ops on tiny inputs on ``device``."""
+    gen = torch.Generator().manual_seed(0)
+    hidden, attn, keys = torch.randn(1, 8, 4, generator=gen), torch.rand(1, 2, 8, generator=gen), torch.randn(1, 8, 4)
+    q = torch.randn(1, 2, 8, 4, generator=gen)
+    hidden, attn, keys, q = (t.to(device) for t in (hidden, attn, keys, q))
+    zip_backend = zip_tokens.available_backends(device)[0]
+    importance_backend = attention_importance.available_backends(device)[0]
+    calls = {}
+    backend_op = getattr(torch.ops.visionzip, f"_zip_tokens_{zip_backend}", None)
+    if backend_op is not None:
+        calls[("zip_tokens", f"_zip_tokens_{zip_backend} (floor)")] = lambda: backend_op(hidden, attn, 3, 2, keys, True)
+    calls |= {
+        ("zip_tokens", f"vz.zip_tokens [{zip_backend}]"): lambda: vz.zip_tokens(hidden, attn, 3, 2, keys),
+        ("zip_tokens", "torch.ops.visionzip.zip_tokens"): lambda: torch.ops.visionzip.zip_tokens(hidden, attn, 3, 2, keys, True),
+        ("attention_importance", f"vz.attention_importance [{importance_backend}]"): lambda: vz.attention_importance(q, q, True),
+        ("attention_importance", "torch.ops.visionzip.attention_importance"): (
+            lambda: torch.ops.visionzip.attention_importance(q, q, True)
+        ),
+    }
+    return calls
+
+
+def measure(calls: dict, rounds: int, calls_per_round: int, device: torch.device) -> dict:
+    """Microseconds per call of each entry point, one block per entry point per round."""
+    samples = {key: [] for key in calls}
+    for call in calls.values():
+        for _ in range(max(10, calls_per_round // 10)):
+            call()
+    for _ in range(rounds):
+        for key, call in calls.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            for _ in range(calls_per_round):
+                call()
+            samples[key].append((time.perf_counter() - start) / calls_per_round * 1e6)
+    return {key: summarise(values) for key, values in samples.items()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    device = torch.device(args.device)
+    timings = measure(entry_points(device), args.rounds, args.calls, device)
+    env = environment(device)
+    rows = [
+        {**env, "op": op, "entry_point": entry, "median_us": round(t.median_ms, 2), "p20_us": round(t.p20_ms, 2),
+         "p80_us": round(t.p80_ms, 2), "rounds": t.repeats, "calls_per_round": args.calls}
+        for (op, entry), t in timings.items()
+    ]
+    path = write_rows(args.results_dir / f"host_overhead_{device_slug(device)}.csv", rows)
+    print(f"{env['device']}; host microseconds per call, median [p20, p80] of {args.rounds} interleaved rounds")
+    for row in rows:
+        print(f"{row['op']:21} {row['entry_point']:45} {row['median_us']:8.2f} [{row['p20_us']:.2f}, {row['p80_us']:.2f}]")
+    print(f"rows: {path}")
+
+
+if __name__ == "__main__":
+    main()
