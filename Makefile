@@ -1,6 +1,6 @@
 # Developer and CI targets.
 #
-#   make demo             install, then run the main job (python -m visionzip_kernels): every
+#   make demo             install, then run the self-check (python -m visionzip_kernels): every
 #                         backend checked against the reference and timed, on synthetic inputs.
 #   make test             install, compile-check the CUDA and CMake builds, run the test suite.
 #   make install          torch 2.13.0 if no torch is installed (never a second, CUDA build), the

@@ -2,10 +2,10 @@
 
 The checkpoint must already be on disk (this script never downloads), for example::
 
-    huggingface-cli download llava-hf/llava-1.5-7b-hf --local-dir ~/models/llava-1.5-7b-hf
+    hf download llava-hf/llava-1.5-7b-hf --local-dir ~/models/llava-1.5-7b-hf
     python examples/llava_visionzip.py ~/models/llava-1.5-7b-hf photo.jpg "What is in this image?"
 
-    huggingface-cli download llava-hf/llava-v1.6-mistral-7b-hf --local-dir ~/models/llava-next
+    hf download llava-hf/llava-v1.6-mistral-7b-hf --local-dir ~/models/llava-next
     python examples/llava_visionzip.py ~/models/llava-next photo.jpg "Describe it." \\
         --dominant 54 --contextual 10 --device cuda --dtype float16
 
@@ -64,7 +64,7 @@ def load(model_path: Path, device: str, dtype: torch.dtype):
     if not (model_path / "config.json").is_file():
         raise SystemExit(
             f"No checkpoint at {model_path} (no config.json). Download it first, e.g. "
-            f"`huggingface-cli download llava-hf/llava-1.5-7b-hf --local-dir {model_path}`; "
+            f"`hf download llava-hf/llava-1.5-7b-hf --local-dir {model_path}`; "
             "this script does not download."
         )
     try:
