@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_math import dot_f32
+from ..triton_math import dot_f32, helper
 
 # 64 x 64 score tiles: big enough for tensor-core dots, small enough to keep a tile of q, k and
 # scores in registers for head dims up to 128 with 4 warps.
@@ -33,6 +33,16 @@ BLOCK_KEYS = 64
 NUM_WARPS = 4
 # tl.dot needs at least 16 rows: the single CLS query fills one 16-row tile.
 BLOCK_CLS_QUERY = 16
+
+
+@helper
+def _tile(base, rows, n_rows, row_stride, dims, head_dim, dim_stride):
+    """Rows ``rows`` (masked below ``n_rows``) x channels ``dims`` (masked below ``head_dim``)
+    of one head's ``[N, hd]`` matrix at ``base``; 0 outside."""
+    return tl.load(
+        base + rows[:, None] * row_stride + dims[None, :] * dim_stride,
+        mask=(rows < n_rows)[:, None] & (dims < head_dim)[None, :], other=0.0,
+    )
 
 
 @triton.jit
@@ -50,33 +60,22 @@ def _row_lse_kernel(
     head = bh % n_heads
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < n_queries
-    dim_ok = offs_d < head_dim
-
-    q = tl.load(
-        q_ptr + batch * stride_qb + head * stride_qh
-        + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
-        mask=row_ok[:, None] & dim_ok[None, :], other=0.0,
-    )
+    q = _tile(q_ptr + batch * stride_qb + head * stride_qh, offs_m, n_queries, stride_qn, offs_d, head_dim, stride_qd)
     k_base = k_ptr + batch * stride_kb + head * stride_kh
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)
     for start in range(0, n_keys, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        key_ok = offs_n < n_keys
-        k = tl.load(
-            k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-            mask=key_ok[:, None] & dim_ok[None, :], other=0.0,
-        )
+        k = _tile(k_base, offs_n, n_keys, stride_kn, offs_d, head_dim, stride_kd)
         scores = dot_f32(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32)) * scale
-        scores = tl.where(key_ok[None, :], scores, float("-inf"))
+        scores = tl.where((offs_n < n_keys)[None, :], scores, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(scores, axis=1))
         row_sum = row_sum * tl.exp(row_max - new_max) + tl.sum(tl.exp(scores - new_max[:, None]), axis=1)
         row_max = new_max
     tl.store(
         lse_ptr + batch * stride_lb + head * stride_lh + offs_m * stride_ln,
         row_max + tl.log(row_sum),
-        mask=row_ok,
+        mask=offs_m < n_queries,
     )
 
 
@@ -95,29 +94,18 @@ def _column_mean_kernel(
     head = bh % n_heads
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    key_ok = offs_n < n_keys
-    dim_ok = offs_d < head_dim
-
-    k = tl.load(
-        k_ptr + batch * stride_kb + head * stride_kh
-        + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-        mask=key_ok[:, None] & dim_ok[None, :], other=0.0,
-    )
+    k = _tile(k_ptr + batch * stride_kb + head * stride_kh, offs_n, n_keys, stride_kn, offs_d, head_dim, stride_kd)
     q_base = q_ptr + batch * stride_qb + head * stride_qh
     lse_base = lse_ptr + batch * stride_lb + head * stride_lh
     column_sum = tl.zeros([BLOCK_N], tl.float32)
     for start in range(0, n_queries, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < n_queries
-        q = tl.load(
-            q_base + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
-            mask=row_ok[:, None] & dim_ok[None, :], other=0.0,
-        )
+        q = _tile(q_base, offs_m, n_queries, stride_qn, offs_d, head_dim, stride_qd)
         # A missing row gets lse = +inf, so its exp(s - lse) is 0.
-        row_lse = tl.load(lse_base + offs_m * stride_ln, mask=row_ok, other=float("inf"))
+        row_lse = tl.load(lse_base + offs_m * stride_ln, mask=offs_m < n_queries, other=float("inf"))
         scores = dot_f32(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32)) * scale
         column_sum += tl.sum(tl.exp(scores - row_lse[:, None]), axis=0)
-    tl.store(out_ptr + bh * n_keys + offs_n, column_sum / n_queries, mask=key_ok)
+    tl.store(out_ptr + bh * n_keys + offs_n, column_sum / n_queries, mask=offs_n < n_keys)
 
 
 def attention_importance_triton(
