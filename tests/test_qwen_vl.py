@@ -273,6 +273,22 @@ def test_generate_encodes_once_and_matches_the_forward_pass(family, batch):
     torch.testing.assert_close(generated.logits[0], forward_logits, atol=1e-5, rtol=1e-5)
 
 
+def test_generate_under_inference_mode_encodes_once():
+    model, processor = make_model("qwen2_5_vl"), make_processor("qwen2_5_vl")
+    apply_visionzip(model, processor)
+    inputs = make_inputs("qwen2_5_vl", processor, "3-images")
+    expected = model.generate(**inputs, **GENERATE)
+    encoder_runs = []
+    hook = model.model.visual.register_forward_hook(lambda *args: encoder_runs.append(1))
+    with torch.inference_mode():
+        inference_inputs = {name: tensor.clone() for name, tensor in inputs.items()}
+        assert inference_inputs["pixel_values"].is_inference()
+        generated = model.generate(**inference_inputs, **GENERATE)
+    hook.remove()
+    assert len(encoder_runs) == 1
+    assert torch.equal(generated, expected)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_second_turn_continues_the_cache_without_pixels(family):
     model, processor = make_model(family), make_processor(family)

@@ -54,10 +54,16 @@ class QwenFamily:
     window_index: Callable[[Any, torch.Tensor], torch.Tensor | None]
 
 
+def version_of(tensor: torch.Tensor) -> int | None:
+    """The tensor's in-place version counter; ``None`` for an inference tensor, which has none."""
+    return None if tensor.is_inference() else tensor._version
+
+
 class ZipMemo:
     """The last images one model zipped: their kept indices, and the whole output until used once.
 
-    Holds a weak reference to the ``pixel_values`` tensor, never the tensor itself.
+    Holds a weak reference to the ``pixel_values`` tensor, never the tensor itself; a tensor changed
+    in place since is another input (except an inference tensor, which counts no changes).
     """
 
     def __init__(self):
@@ -70,7 +76,7 @@ class ZipMemo:
     def store(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, output, keep_output: bool):
         """Remember ``output`` (its ``kept_idx`` always; the whole output if ``keep_output``)."""
         self._pixels = weakref.ref(pixel_values)
-        self._version = pixel_values._version
+        self._version = version_of(pixel_values)
         self._grid = image_grid_thw.detach().cpu().clone()
         self._output = output if keep_output else None
         self._kept_idx = output.kept_idx
@@ -79,7 +85,7 @@ class ZipMemo:
         """The stored output if it was made from this very ``pixel_values`` and grid, once; else None."""
         if self._output is None or self._pixels() is not pixel_values:
             return None
-        if pixel_values._version != self._version or not self.same_grid(image_grid_thw):
+        if version_of(pixel_values) != self._version or not self.same_grid(image_grid_thw):
             return None
         output, self._output = self._output, None
         return output
