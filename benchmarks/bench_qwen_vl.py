@@ -63,7 +63,7 @@ BUDGETS = ((0.65, 0.05), (0.45, 0.05))
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 151655, 151656, 151652, 151653
 PAD = 151643
 TEXT_BEFORE, TEXT_AFTER = 20, 40  # prompt tokens around the images (system and question)
-TTFT_POLICY = RepetitionPolicy(warmup=2, min_reps=5, max_reps=12, target_ms=2000.0)  # fits one 10-minute GPU call
+TTFT_POLICY = RepetitionPolicy(warmup=2, min_reps=5, max_reps=12, target_ms=2000.0)  # the full-size run in minutes
 MIB = 1024 * 1024
 
 
