@@ -33,7 +33,16 @@ TORCH_LIBRARY(visionzip, m) {
       "zip_tokens_varlen(Tensor hidden, Tensor importance, Tensor cu_seqlens, int[] seqlens, int[] k_dom, "
       "int[] k_ctx, Tensor? keys=None) -> (Tensor, Tensor, Tensor)");
   m.def(
+      "_zip_tokens_varlen_cpu(Tensor hidden, Tensor importance, Tensor cu_seqlens, int[] seqlens, int[] k_dom, "
+      "int[] k_ctx, Tensor? keys=None) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_zip_tokens_varlen_triton(Tensor hidden, Tensor importance, Tensor cu_seqlens, int[] seqlens, int[] k_dom, "
+      "int[] k_ctx, Tensor? keys=None) -> (Tensor, Tensor, Tensor)");
+  m.def(
       "attention_importance_varlen(Tensor q, Tensor k, Tensor cu_seqlens, int[] seqlens, float? scale=None, *, "
+      "Tensor? lse=None) -> Tensor");
+  m.def(
+      "_attention_importance_varlen_triton(Tensor q, Tensor k, Tensor cu_seqlens, int[] seqlens, float scale, *, "
       "Tensor? lse=None) -> Tensor");
 }
 

@@ -28,9 +28,12 @@ def segment_lse(q, k, sizes, scale):
 @pytest.mark.parametrize("with_lse", [False, True], ids=["two-pass", "lse"])
 def test_backend_matches_float64(backend, dtype, with_lse):
     packed = make_packed(SIZES, 8, 4, dtype, seed=zlib.crc32(f"{backend}{dtype}{with_lse}".encode()), heads=3, head_dim=20)
-    q, k, sizes = packed["q"], packed["k"], packed["seqlens"]
+    # q and k as views of one fused qkv tensor [T, 2, H, hd], and lse a transposed [T, H] buffer:
+    # every backend reads its inputs through their strides.
+    qkv = torch.stack([packed["q"], packed["k"]], dim=1)
+    q, k, sizes = qkv[:, 0], qkv[:, 1], packed["seqlens"]
     scale = 0.3
-    lse = segment_lse(q, k, sizes, scale) if with_lse else None
+    lse = segment_lse(q, k, sizes, scale).t().contiguous().t() if with_lse else None
     got = vz.attention_importance_varlen(q, k, packed["cu_seqlens"], scale, lse=lse, backend=backend)
     exact = reference.attention_importance_varlen(q, k, packed["cu_seqlens"], sizes, scale, lse, torch.float64)
     assert got.dtype == torch.float32 and got.shape == (sum(sizes),)
@@ -93,12 +96,16 @@ def test_bad_input_names_the_argument(bad, error, message):
         )
 
 
-def test_opcheck_and_fake():
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
+@pytest.mark.parametrize("op_name", ["attention_importance_varlen", "_attention_importance_varlen_triton"])
+def test_opcheck(op_name):
     packed = make_packed((9, 14, 3), 8, 4, torch.bfloat16, seed=4, heads=2, head_dim=8)
     args = (packed["q"], packed["k"], packed["cu_seqlens"], [9, 14, 3], 0.5)
-    torch.library.opcheck(torch.ops.visionzip.attention_importance_varlen, args)
+    torch.library.opcheck(getattr(torch.ops.visionzip, op_name), args)
+
+
+def test_fake_kernel_gives_the_shape():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
     with FakeTensorMode():
         q = torch.empty(300, 16, 80, dtype=torch.bfloat16)
         out = torch.ops.visionzip.attention_importance_varlen(q, q, torch.empty(3, dtype=torch.int32), [100, 200])

@@ -149,7 +149,7 @@ def test_device_cu_seqlens_needs_host_seqlens():
         vz.zip_tokens_varlen(hidden, torch.zeros(12, device="meta"), torch.tensor([0, 5, 12], device="meta"), 0.5, 1)
 
 
-@pytest.mark.parametrize("op_name", ["zip_tokens_varlen"])
+@pytest.mark.parametrize("op_name", ["zip_tokens_varlen", "_zip_tokens_varlen_cpu", "_zip_tokens_varlen_triton"])
 def test_opcheck(op_name):
     packed = make_packed((9, 14, 3), 16, 6, torch.bfloat16, seed=4)
     args = (packed["hidden"], packed["importance"], packed["cu_seqlens"], [9, 14, 3], [4, 6, 1], [2, 3, 1], packed["keys"])

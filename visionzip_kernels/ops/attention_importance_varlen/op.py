@@ -14,7 +14,10 @@ backend:
 
 - ``"reference"``: eager softmax per segment (``reference.py``), any device;
 - ``"blockwise"``: PyTorch over segments and blocks of query rows (``blockwise.py``), any device;
-- ``"auto"``: the first of ``available_backends(device)``.
+- ``"triton"``: two flash-style Triton passes over the whole packed sequence (``triton.py``), CUDA
+  tensors, or CPU tensors through Triton's interpreter when ``TRITON_INTERPRET=1`` is set;
+- ``"auto"``: the first of ``available_backends(device)``: ``"blockwise"`` on CPU, ``"triton"``
+  on CUDA.
 
 Accuracy: scores, exponentials and sums in float32 on every backend, as ``attention_importance``.
 ``torch.ops.visionzip.attention_importance_varlen`` is the same op (with ``seqlens`` required) and
@@ -25,14 +28,23 @@ from __future__ import annotations
 import torch
 
 from ... import checks, varlen
-from ...backends import OpBackends, on_any_device
+from ...backends import OpBackends, on_any_device, on_triton_device
 from .blockwise import attention_importance_varlen_blockwise
 from .reference import attention_importance_varlen as attention_importance_varlen_reference
 
 OP = "attention_importance_varlen"
 
-BACKENDS = OpBackends(OP, preference={"cpu": ("blockwise", "reference"), "cuda": ("blockwise", "reference")})
+BACKENDS = OpBackends(
+    OP, preference={"cpu": ("blockwise", "triton", "reference"), "cuda": ("triton", "blockwise", "reference")}
+)
 BACKENDS.add("blockwise", on_any_device, attention_importance_varlen_blockwise)
+BACKENDS.add_python_kernel(
+    "triton",
+    on_triton_device,
+    "_attention_importance_varlen_triton",
+    "visionzip_kernels.ops.attention_importance_varlen.triton",
+    "attention_importance_varlen_triton",
+)
 BACKENDS.add("reference", on_any_device, attention_importance_varlen_reference)
 
 
@@ -98,7 +110,7 @@ def attention_importance_varlen(
 
     Returns, for key ``j``, ``sum`` over its segment's queries of their softmax attention to ``j``,
     ``mean`` over heads: the published Qwen2.5-VL statistic before pooling (a segment's values sum
-    to its size ``T_i``). backend: ``"auto"``, ``"blockwise"`` or ``"reference"``.
+    to its size ``T_i``). backend: ``"auto"``, ``"blockwise"``, ``"triton"`` or ``"reference"``.
     """
     sizes, scale = check_attention_importance_varlen_args(q, k, cu_seqlens, seqlens, scale, lse)
     chosen = BACKENDS.resolve(backend, q.device)

@@ -12,6 +12,11 @@ each target's row being ``hidden[target] + mean(hidden[merged into it])``.
 Backends (``backend=``):
 
 - ``"reference"``: PyTorch, a loop over segments (``reference.py``), any device;
+- ``"cpu"``: the C++ CPU kernel (``csrc/zip_tokens_varlen_cpu.cpp``), parallel over segments, CPU
+  tensors;
+- ``"triton"``: two Triton launches over all segments at once (``triton.py``,
+  ``triton_kernels.py``), CUDA tensors, or CPU tensors through Triton's interpreter when
+  ``TRITON_INTERPRET=1`` is set;
 - ``"auto"``: the first of ``available_backends(device)``.
 
 ``torch.ops.visionzip.zip_tokens_varlen`` is the same op with per-segment integer budgets already
@@ -22,12 +27,22 @@ from __future__ import annotations
 import torch
 
 from ... import checks, varlen
-from ...backends import OpBackends, on_any_device
+from ...backends import OpBackends, on_any_device, on_cpu, on_triton_device
 from . import reference
 
 OP = "zip_tokens_varlen"
 
-BACKENDS = OpBackends(OP, preference={"cpu": ("reference",), "cuda": ("reference",)})
+BACKENDS = OpBackends(
+    OP, preference={"cpu": ("cpu", "triton", "reference"), "cuda": ("triton", "reference")}
+)
+BACKENDS.add_op("cpu", on_cpu, "_zip_tokens_varlen_cpu")
+BACKENDS.add_python_kernel(
+    "triton",
+    on_triton_device,
+    "_zip_tokens_varlen_triton",
+    "visionzip_kernels.ops.zip_tokens_varlen.triton",
+    "zip_tokens_varlen_triton",
+)
 BACKENDS.add("reference", on_any_device, reference.zip_tokens_varlen)
 
 
