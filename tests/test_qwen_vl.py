@@ -210,11 +210,12 @@ def test_published_qwen25vl_outputs(case):
 # ----------------------------------------------------------------------------- integration
 
 
+@pytest.mark.parametrize("backend", ["auto", "triton", "reference"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_language_model_receives_the_published_features_per_image(family):
+def test_language_model_receives_the_published_features_per_image(family, backend):
     model, processor = make_model(family), make_processor(family)
     inputs = make_inputs(family, processor, "3-images")
-    apply_visionzip(model, processor)
+    apply_visionzip(model, processor, backend=backend)
     reduced = make_inputs(family, processor, "3-images")
     expected, expected_deepstack, expected_idx = eager_visionzip(model, inputs)
 
@@ -431,3 +432,38 @@ def test_unreduced_prompts_videos_and_oversized_budgets_are_refused(family):
     with pytest.raises(ValueError, match="cannot keep"):
         make_inputs(family, processor, "3-images")
     handle.remove()
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cuda_run_keeps_the_cpu_tokens(family, monkeypatch):
+    """On a GPU (``"auto"``: the Triton backends) the kept tokens are the CPU run's; features and
+    the first logits agree within float32 rounding of the two devices' matmuls (TF32 off)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    model, processor = make_model(family), make_processor(family)
+    apply_visionzip(model, processor)
+    inputs = make_inputs(family, processor, "3-images")
+    with torch.no_grad():
+        cpu = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+    cpu_generated = model.generate(**inputs, **GENERATE, return_dict_in_generate=True, output_logits=True)
+
+    cuda_model = make_model(family).cuda()
+    apply_visionzip(cuda_model, processor)
+    cuda_inputs = {name: tensor.cuda() for name, tensor in inputs.items()}
+    with torch.no_grad():
+        gpu = cuda_model.model.get_image_features(
+            cuda_inputs["pixel_values"], cuda_inputs["image_grid_thw"]
+        )
+    assert [idx.tolist() for idx in gpu.kept_idx] == [idx.tolist() for idx in cpu.kept_idx]
+    for gpu_features, cpu_features in zip(gpu.pooler_output, cpu.pooler_output):
+        torch.testing.assert_close(gpu_features.cpu(), cpu_features, atol=1e-4, rtol=1e-4)
+    gpu_generated = cuda_model.generate(
+        **cuda_inputs, **GENERATE, return_dict_in_generate=True, output_logits=True
+    )
+    torch.testing.assert_close(
+        gpu_generated.logits[0].cpu(), cpu_generated.logits[0], atol=1e-4, rtol=1e-4
+    )
