@@ -1,6 +1,7 @@
 // The visionzip operator library: every schema, defined once.
 //
-// `zip_tokens` and `attention_importance` are the public ops. The underscored ops are their backends,
+// `zip_tokens`, `attention_importance` and their packed variable-length forms `zip_tokens_varlen` and
+// `attention_importance_varlen` are the public ops. The underscored ops are their backends,
 // `_<op>_<backend>`: `cpu` (C++, csrc/<op>_cpu.cpp), `cuda` (CUDA C++, csrc/<op>_cuda.cu) and `triton`
 // (a Python kernel, visionzip_kernels/ops/<op>/triton.py). The public ops' kernels, every fake kernel
 // and the Triton kernels are registered from Python (visionzip_kernels/backends.py), where each op's
@@ -28,6 +29,22 @@ TORCH_LIBRARY(visionzip, m) {
       "Tensor? lse=None) -> Tensor");
   m.def(
       "_attention_importance_triton(Tensor q, Tensor k, bool has_cls, float scale, *, "
+      "Tensor? lse=None) -> Tensor");
+  // Packed batches of n segments: `seqlens` (n sizes) and the per-segment budgets are host ints.
+  m.def(
+      "zip_tokens_varlen(Tensor hidden, Tensor importance, Tensor cu_seqlens, int[] seqlens, int[] k_dom, "
+      "int[] k_ctx, Tensor? keys=None) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_zip_tokens_varlen_cpu(Tensor hidden, Tensor importance, Tensor cu_seqlens, int[] seqlens, int[] k_dom, "
+      "int[] k_ctx, Tensor? keys=None) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_zip_tokens_varlen_triton(Tensor hidden, Tensor importance, Tensor cu_seqlens, int[] seqlens, int[] k_dom, "
+      "int[] k_ctx, Tensor? keys=None) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "attention_importance_varlen(Tensor q, Tensor k, Tensor cu_seqlens, int[] seqlens, float? scale=None, *, "
+      "Tensor? lse=None) -> Tensor");
+  m.def(
+      "_attention_importance_varlen_triton(Tensor q, Tensor k, Tensor cu_seqlens, int[] seqlens, float scale, *, "
       "Tensor? lse=None) -> Tensor");
 }
 

@@ -11,8 +11,10 @@ One call::
 
 or ``with apply_visionzip(model, processor): ...``. Supported: ``LlavaForConditionalGeneration``
 and ``LlavaNextForConditionalGeneration`` (and their inner ``LlavaModel`` / ``LlavaNextModel``)
-with a CLIP or SigLIP vision tower, with their ``LlavaProcessor`` / ``LlavaNextProcessor``; and bare
-``CLIPVisionModel`` / ``SiglipVisionModel``, whose ``forward`` then returns the zipped tokens.
+with a CLIP or SigLIP vision tower, with their ``LlavaProcessor`` / ``LlavaNextProcessor``;
+``Qwen2_5_VLForConditionalGeneration`` and ``Qwen3VLForConditionalGeneration`` (and their inner
+models) with their processors, every image zipped on its own; and bare ``CLIPVisionModel`` /
+``SiglipVisionModel``, whose ``forward`` then returns the zipped tokens.
 
 The vision encoder keeps its attention implementation (SDPA by default) and stops after its
 penultimate layer; only the methods that decide the visual features (and, in the processor, their
@@ -25,6 +27,10 @@ count) are replaced, on the given instances. Module by module:
 - ``vision_model.py``: the replaced ``forward`` of a bare vision model, and ``VisionZipOutput``,
   what every replaced method returns;
 - ``processor.py``: the replaced processor methods;
+- ``qwen_vl.py`` (the encoder: last block's queries and keys, per-image zip),
+  ``qwen_vl_positions.py`` (M-RoPE positions of kept tokens), ``qwen_vl_processor.py``,
+  ``qwen_vl_model.py`` (the replaced methods), ``qwen2_5_vl.py`` and ``qwen3_vl.py`` (what is
+  particular to each family): Qwen-VL;
 - ``handle.py``: instance patches and ``VisionZipHandle``, which undoes them.
 """
 from .apply import apply_visionzip

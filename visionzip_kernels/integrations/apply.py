@@ -1,4 +1,5 @@
-"""``apply_visionzip``: one call puts VisionZip into a LLaVA, LLaVA-NeXT, CLIP or SigLIP model.
+"""``apply_visionzip``: one call puts VisionZip into a LLaVA, LLaVA-NeXT, Qwen2.5-VL, Qwen3-VL,
+CLIP or SigLIP model.
 
 Everything is checked before anything is changed, and a failure part-way undoes what was done, so
 a call either applies VisionZip to the model and the processor or leaves both untouched.
@@ -20,12 +21,17 @@ from .handle import VisionZipHandle
 from .llava import patch_llava
 from .llava_next import patch_llava_next
 from .processor import check_processor, patch_llava_next_processor, patch_llava_processor
+from .qwen2_5_vl import QWEN2_5_VL
+from .qwen3_vl import QWEN3_VL
+from .qwen_vl_model import apply_qwen_vl
 from .vision_model import patch_vision_model
 
 SUPPORTED_MODELS = (
     "LlavaForConditionalGeneration, LlavaModel, LlavaNextForConditionalGeneration, LlavaNextModel, "
-    "CLIPVisionModel, SiglipVisionModel"
+    "Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel, Qwen3VLForConditionalGeneration, "
+    "Qwen3VLModel, CLIPVisionModel, SiglipVisionModel"
 )
+QWEN_FAMILIES = (QWEN2_5_VL, QWEN3_VL)
 
 
 def _multimodal_parts(model):
@@ -43,7 +49,7 @@ def _multimodal_parts(model):
 
 
 def apply_visionzip(
-    model, processor=None, *, dominant: int = 54, contextual: int = 10, backend: str = "auto"
+    model, processor=None, *, dominant=None, contextual=None, backend: str = "auto"
 ) -> VisionZipHandle:
     """Make ``model`` (and ``processor``) use VisionZip's ``dominant + contextual`` visual tokens.
 
@@ -55,10 +61,17 @@ def apply_visionzip(
         reduced number of image placeholders (``None`` to leave processing alone, e.g. when the
         placeholders are built by hand). Not accepted with a bare vision model, whose image
         processor needs no change.
+        For Qwen-VL: a ``Qwen2_5_VLForConditionalGeneration`` / ``Qwen2_5_VLModel`` or a
+        ``Qwen3VLForConditionalGeneration`` / ``Qwen3VLModel`` with its ``Qwen2_5_VLProcessor`` /
+        ``Qwen3VLProcessor`` (``qwen_vl_model.py``).
     dominant: tokens kept per image (per crop for LLaVA-NeXT) by attention, counting the CLS token
-        where the encoder has one (CLIP); the paper's LLaVA-1.5 setting is 54.
-    contextual: merged tokens per image (per crop); the paper's LLaVA-1.5 setting is 10.
-    backend: the ``zip_tokens`` backend (``"auto"`` picks the fastest for the tensors' device).
+        where the encoder has one (CLIP); default 54, the paper's LLaVA-1.5 setting. For Qwen-VL an
+        int (tokens per image) or a float (fraction of each image's merged tokens, ``int(f T)``);
+        default 0.65, the published Qwen2.5-VL setting.
+    contextual: merged tokens per image (per crop); default 10 (LLaVA-1.5). For Qwen-VL an int or a
+        float fraction (``max(int(f T), 1)``); default 0.05.
+    backend: the ``zip_tokens`` backend (``"auto"`` picks the fastest for the tensors' device);
+        ``zip_tokens_varlen``'s for Qwen-VL.
 
     Returns a ``VisionZipHandle``; ``handle.remove()`` (or leaving ``with apply_visionzip(...):``)
     restores the model and the processor exactly.
@@ -68,6 +81,13 @@ def apply_visionzip(
     encoder produces), a ``vision_feature_layer`` other than the penultimate layer, or a model or
     processor VisionZip is already applied to.
     """
+    family = next((f for f in QWEN_FAMILIES if isinstance(model, f.model_classes)), None)
+    if family is not None:
+        dominant = 0.65 if dominant is None else dominant
+        contextual = 0.05 if contextual is None else contextual
+        return apply_qwen_vl(model, processor, family, dominant, contextual, backend)
+    dominant = 54 if dominant is None else dominant
+    contextual = 10 if contextual is None else contextual
     parts = _multimodal_parts(model)
     if parts is None:
         if not isinstance(model, VISION_MODELS):

@@ -3,13 +3,20 @@
 ``dominant`` counts the CLS token where the encoder has one (CLIP), as in the paper: the LLaVA-1.5
 default ``dominant=54, contextual=10`` keeps the CLS token, 53 patch tokens and 10 merged tokens,
 64 in all. SigLIP has no CLS token, so its ``dominant`` tokens are all patch tokens.
+
+Qwen-VL images differ in size, so their budget may also be a fraction of each image's merged
+tokens (``make_fraction_budget``): ``dominant=0.65, contextual=0.05`` keeps ``int(0.65 T)`` and
+``max(int(0.05 T), 1)`` of an image's ``T`` tokens, the published rounding (``Budget.counts``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..backends import OpBackends
 from ..checks import check_int
 from ..ops.zip_tokens.op import BACKENDS
+from ..ops.zip_tokens_varlen.op import BACKENDS as VARLEN_BACKENDS
+from ..varlen import segment_budgets
 from .encoder import has_cls_token, vision_transformer
 
 
@@ -17,19 +24,37 @@ from .encoder import has_cls_token, vision_transformer
 class Budget:
     """How many tokens VisionZip keeps per image (per crop for LLaVA-NeXT), and which op backend.
 
-    dominant: tokens kept by attention, counting the CLS token where there is one (>= 1).
-    contextual: merged tokens (>= 0).
-    backend: the ``zip_tokens`` backend (one of ``ops/zip_tokens/op.py``'s ``BACKENDS.names``).
+    dominant: tokens kept by attention, counting the CLS token where there is one (>= 1); for
+        Qwen-VL also a float, the fraction of each image's tokens.
+    contextual: merged tokens (>= 0); for Qwen-VL also a float fraction.
+    backend: the ``zip_tokens`` backend (one of ``ops/zip_tokens/op.py``'s ``BACKENDS.names``),
+        ``zip_tokens_varlen``'s for Qwen-VL.
     """
 
-    dominant: int
-    contextual: int
+    dominant: int | float
+    contextual: int | float
     backend: str = "auto"
 
     @property
     def tokens(self) -> int:
-        """Tokens per image (per crop): ``dominant + contextual``."""
+        """Tokens per image (per crop) of an integer budget: ``dominant + contextual``."""
         return self.dominant + self.contextual
+
+    def counts(self, size: int) -> tuple[int, int]:
+        """``(dominant, contextual)`` tokens kept of an image of ``size`` tokens, as
+        ``zip_tokens_varlen`` rounds them; ``ValueError`` if they are more than ``size``."""
+        k_dom = segment_budgets(self.dominant, "dominant", [size], False, "apply_visionzip")[0]
+        k_ctx = segment_budgets(self.contextual, "contextual", [size], True, "apply_visionzip")[0]
+        if k_dom + k_ctx > size:
+            raise ValueError(
+                f"VisionZip: an image of {size} tokens cannot keep {k_dom} dominant + {k_ctx} "
+                f"contextual tokens; give `dominant`/`contextual` as fractions, or smaller counts"
+            )
+        return k_dom, k_ctx
+
+    def tokens_for(self, size: int) -> int:
+        """Tokens kept of an image of ``size`` tokens: the sum of ``counts(size)``."""
+        return sum(self.counts(size))
 
 
 def encoder_tokens(tower) -> int:
@@ -60,13 +85,35 @@ def make_budget(tower, dominant, contextual, backend: str) -> Budget:
             f"{dominant + contextual} is more than the {available} tokens the vision encoder "
             f"({type(vision_transformer(tower)).__name__}) produces per image"
         )
-    if backend not in BACKENDS.names:
-        raise ValueError(f"apply_visionzip: `backend` must be one of {BACKENDS.names}, got {backend!r}")
-    device = next(vision_transformer(tower).parameters()).device
-    if backend != "auto" and backend not in BACKENDS.available(device):
+    check_backend(BACKENDS, backend, next(vision_transformer(tower).parameters()).device)
+    return Budget(dominant, contextual, backend)
+
+
+def check_backend(backends: OpBackends, backend: str, device) -> None:
+    """Raise ``ValueError`` unless ``backend`` is ``"auto"`` or one of ``backends`` that runs on
+    ``device`` (where the model's weights are)."""
+    if backend not in backends.names:
+        raise ValueError(f"apply_visionzip: `backend` must be one of {backends.names}, got {backend!r}")
+    if backend != "auto" and backend not in backends.available(device):
         raise ValueError(
             f"apply_visionzip: backend={backend!r} cannot run on the model's device ({device}); "
-            f"there it can be one of {BACKENDS.available(device)} or 'auto'. Move the model first "
+            f"there it can be one of {backends.available(device)} or 'auto'. Move the model first "
             "(model.to(...)), then call apply_visionzip"
         )
+
+
+def make_fraction_budget(dominant, contextual, backend: str, device) -> Budget:
+    """A ``Budget`` per image of any size (Qwen-VL), or a clear error.
+
+    dominant, contextual: each an int (tokens per image, >= 0) or a float in ``[0, 1]`` (fraction
+    of each image's tokens); ``dominant + contextual`` must keep at least one token. ``backend``:
+    a ``zip_tokens_varlen`` backend that runs on ``device``. Raises ``TypeError`` for another type,
+    ``ValueError`` for a value out of range. Whether an integer budget fits an image is checked per
+    image, when it is processed (``Budget.counts``).
+    """
+    segment_budgets(dominant, "dominant", [], False, "apply_visionzip")
+    segment_budgets(contextual, "contextual", [], True, "apply_visionzip")
+    if dominant == 0 and contextual == 0 and not isinstance(contextual, float):
+        raise ValueError("apply_visionzip: `dominant` + `contextual` must keep at least one token, got 0 + 0")
+    check_backend(VARLEN_BACKENDS, backend, device)
     return Budget(dominant, contextual, backend)

@@ -1,0 +1,165 @@
+"""Tiny random Qwen2.5-VL and Qwen3-VL models, tokenizer, processors and images for the tests.
+
+Built from small configs, no download: vision encoders of 3 blocks, width 32, 2 heads (Qwen2.5-VL:
+14-pixel patches, windows of 2 x 2 merge units, the last block full attention; Qwen3-VL: 16-pixel
+patches, deepstack after blocks 0 and 1), 2-layer language models of width 32 with M-RoPE; a
+word-level tokenizer with Qwen's vision tokens; the Pillow image processor of Qwen2-VL. The
+processors are image-only (Qwen's video processors need torchvision, which the CPU job lacks).
+Weights and images are seeded.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
+)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+VISION_TOKENS = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
+WORDS = ["<pad>", "<s>", "</s>", "<unk>", *VISION_TOKENS, "user:", "assistant:", "describe", "the"]
+WORDS += ["image", "and", "compare", "them", "?", "more", "please"] + [f"w{i}" for i in range(30)]
+IMAGE_ID = WORDS.index("<|image_pad|>")
+IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+PATCH = {"qwen2_5_vl": 14, "qwen3_vl": 16}
+MERGE = 2
+# Greedy, three tokens, never a vision token (a generated placeholder would need an image)
+GENERATE = dict(
+    max_new_tokens=3,
+    min_new_tokens=3,
+    do_sample=False,
+    pad_token_id=0,
+    suppress_tokens=[WORDS.index(token) for token in VISION_TOKENS],
+)
+
+# Image sizes (height, width) in pixels, multiples of 28 and 32, so both processors keep them:
+# Qwen2.5-VL grids 4x6, 6x8, 8x8 patches (6, 12, 16 merged tokens), Qwen3-VL 4x6, 6x8, 8x8 too
+# at 64x96, 96x128, 128x128. The images of a batch are listed in prompt order.
+SIZES = {
+    "qwen2_5_vl": [(56, 84), (84, 112), (112, 112)],
+    "qwen3_vl": [(64, 96), (96, 128), (128, 128)],
+}
+MERGED_TOKENS = [6, 12, 16]
+BATCHES = {
+    "1-image": ([f"user: {IMAGE} describe the image ? assistant:"], [0]),
+    "2-images": (
+        [f"user: {IMAGE} describe the image ? assistant:", f"user: {IMAGE} more ? assistant:"],
+        [1, 2],
+    ),
+    "3-images": (
+        [
+            f"user: {IMAGE} describe the image ? assistant:",
+            f"user: {IMAGE} and {IMAGE} compare them please ? assistant:",
+        ],
+        [0, 1, 2],
+    ),
+}
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    names = ["image_token", "video_token", "vision_start_token", "vision_end_token"]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens=dict(zip(names, VISION_TOKENS)),
+        padding_side="left",
+    )
+
+
+def text_config(**extra) -> dict:
+    return dict(
+        vocab_size=len(WORDS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **extra,
+    )
+
+
+def token_ids() -> dict:
+    return dict(
+        image_token_id=IMAGE_ID,
+        video_token_id=WORDS.index("<|video_pad|>"),
+        vision_start_token_id=WORDS.index("<|vision_start|>"),
+        vision_end_token_id=WORDS.index("<|vision_end|>"),
+    )
+
+
+def make_model(family: str, seed: int = 0):
+    """A tiny random ``Qwen2_5_VLForConditionalGeneration`` or ``Qwen3VLForConditionalGeneration``."""
+    torch.manual_seed(seed)
+    vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
+    if family == "qwen2_5_vl":
+        config = Qwen2_5_VLConfig(
+            vision_config=dict(vision, patch_size=14, window_size=56, fullatt_block_indexes=[2]),
+            text_config=text_config(rope_parameters=rope),
+            **token_ids(),
+        )
+        return Qwen2_5_VLForConditionalGeneration(config).eval()
+    config = Qwen3VLConfig(
+        vision_config=dict(
+            vision, patch_size=16, num_position_embeddings=16, deepstack_visual_indexes=[0, 1]
+        ),
+        text_config=text_config(head_dim=8, rope_parameters=dict(rope, mrope_interleaved=True)),
+        **token_ids(),
+    )
+    return Qwen3VLForConditionalGeneration(config).eval()
+
+
+def image_only(processor_class):
+    """``processor_class`` without its video processor (an attribute that needs torchvision)."""
+
+    class ImageOnlyProcessor(processor_class):
+        @classmethod
+        def get_attributes(cls):
+            return ["image_processor", "tokenizer"]
+
+    ImageOnlyProcessor.__name__ = processor_class.__name__
+    return ImageOnlyProcessor
+
+
+def make_processor(family: str):
+    patch = PATCH[family]
+    unit = (MERGE * patch) ** 2
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=patch,
+        merge_size=MERGE,
+        temporal_patch_size=2,
+        size={"shortest_edge": unit, "longest_edge": unit * 64},
+    )
+    processor_class = Qwen2_5_VLProcessor if family == "qwen2_5_vl" else Qwen3VLProcessor
+    return image_only(processor_class)(image_processor=image_processor, tokenizer=make_tokenizer())
+
+
+def make_images(family: str, which: list[int]) -> list[Image.Image]:
+    """Seeded random RGB images: entries ``which`` of ``SIZES[family]``."""
+    images = []
+    for index in which:
+        pixels = np.random.RandomState(index).randint(0, 256, (*SIZES[family][index], 3), dtype=np.uint8)
+        images.append(Image.fromarray(pixels))
+    return images
+
+
+def make_inputs(family: str, processor, batch: str):
+    prompts, which = BATCHES[batch]
+    return processor(text=prompts, images=make_images(family, which), return_tensors="pt", padding=True)
