@@ -1,4 +1,5 @@
-"""``apply_visionzip``: one call puts VisionZip into a LLaVA, LLaVA-NeXT, CLIP or SigLIP model.
+"""``apply_visionzip``: one call puts VisionZip into a LLaVA, LLaVA-NeXT, LLaVA-OneVision, CLIP or
+SigLIP model.
 
 Everything is checked before anything is changed, and a failure part-way undoes what was done, so
 a call either applies VisionZip to the model and the processor or leaves both untouched.
@@ -11,6 +12,9 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaNextModel,
     LlavaNextProcessor,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionModel,
+    LlavaOnevisionProcessor,
     LlavaProcessor,
 )
 
@@ -19,12 +23,18 @@ from .encoder import VISION_MODELS
 from .handle import VisionZipHandle
 from .llava import patch_llava
 from .llava_next import patch_llava_next
-from .processor import check_processor, patch_llava_next_processor, patch_llava_processor
+from .llava_onevision import patch_llava_onevision
+from .processor import (
+    check_processor,
+    patch_llava_next_processor,
+    patch_llava_onevision_processor,
+    patch_llava_processor,
+)
 from .vision_model import patch_vision_model
 
 SUPPORTED_MODELS = (
     "LlavaForConditionalGeneration, LlavaModel, LlavaNextForConditionalGeneration, LlavaNextModel, "
-    "CLIPVisionModel, SiglipVisionModel"
+    "LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel, CLIPVisionModel, SiglipVisionModel"
 )
 
 
@@ -39,6 +49,9 @@ def _multimodal_parts(model):
     if isinstance(model, (LlavaNextForConditionalGeneration, LlavaNextModel)):
         inner = model.model if isinstance(model, LlavaNextForConditionalGeneration) else model
         return inner, LlavaNextProcessor, patch_llava_next, patch_llava_next_processor
+    if isinstance(model, (LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel)):
+        inner = model.model if isinstance(model, LlavaOnevisionForConditionalGeneration) else model
+        return inner, LlavaOnevisionProcessor, patch_llava_onevision, patch_llava_onevision_processor
     return None
 
 
@@ -47,17 +60,19 @@ def apply_visionzip(
 ) -> VisionZipHandle:
     """Make ``model`` (and ``processor``) use VisionZip's ``dominant + contextual`` visual tokens.
 
-    model: a ``LlavaForConditionalGeneration`` / ``LlavaModel`` or a
-        ``LlavaNextForConditionalGeneration`` / ``LlavaNextModel`` with a CLIP or SigLIP vision
-        tower, or a bare ``CLIPVisionModel`` / ``SiglipVisionModel``. Changed in place, on this
-        instance only.
-    processor: the model's ``LlavaProcessor`` / ``LlavaNextProcessor``, patched to write the
-        reduced number of image placeholders (``None`` to leave processing alone, e.g. when the
-        placeholders are built by hand). Not accepted with a bare vision model, whose image
-        processor needs no change.
-    dominant: tokens kept per image (per crop for LLaVA-NeXT) by attention, counting the CLS token
-        where the encoder has one (CLIP); the paper's LLaVA-1.5 setting is 54.
-    contextual: merged tokens per image (per crop); the paper's LLaVA-1.5 setting is 10.
+    model: a ``LlavaForConditionalGeneration`` / ``LlavaModel``, a
+        ``LlavaNextForConditionalGeneration`` / ``LlavaNextModel`` or a
+        ``LlavaOnevisionForConditionalGeneration`` / ``LlavaOnevisionModel`` with a CLIP or SigLIP
+        vision tower, or a bare ``CLIPVisionModel`` / ``SiglipVisionModel``. Changed in place, on
+        this instance only.
+    processor: the model's ``LlavaProcessor`` / ``LlavaNextProcessor`` /
+        ``LlavaOnevisionProcessor``, patched to write the reduced number of image (and video)
+        placeholders (``None`` to leave processing alone, e.g. when the placeholders are built by
+        hand). Not accepted with a bare vision model, whose image processor needs no change.
+    dominant: tokens kept per image (per crop for LLaVA-NeXT and LLaVA-OneVision, per video frame
+        for LLaVA-OneVision) by attention, counting the CLS token where the encoder has one (CLIP);
+        the paper's LLaVA-1.5 setting is 54.
+    contextual: merged tokens per image (per crop, per frame); the paper's LLaVA-1.5 setting is 10.
     backend: the ``zip_tokens`` backend (``"auto"`` picks the fastest for the tensors' device).
 
     Returns a ``VisionZipHandle``; ``handle.remove()`` (or leaving ``with apply_visionzip(...):``)
@@ -65,8 +80,9 @@ def apply_visionzip(
 
     Raises ``TypeError`` for an unsupported model, vision tower or processor, ``ValueError`` for a
     budget the encoder cannot meet (``dominant < 1``, ``contextual < 0``, or more tokens than the
-    encoder produces), a ``vision_feature_layer`` other than the penultimate layer, or a model or
-    processor VisionZip is already applied to.
+    encoder produces), a ``vision_feature_layer`` other than the penultimate layer (for
+    LLaVA-OneVision: other than one encoder layer's output), or a model or processor VisionZip is
+    already applied to.
     """
     parts = _multimodal_parts(model)
     if parts is None:
