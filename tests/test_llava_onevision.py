@@ -1,161 +1,48 @@
 """``apply_visionzip`` on tiny random LLaVA-OneVision models: images (crops), videos (frames), both.
 
-Every model, tokenizer and processor is built here from a small config (no download): a SigLIP
+Models and processors come from ``visionzip_kernels.testing.onevision`` (no download): a SigLIP
 tower of 112 x 112 pixels in 14-pixel patches (8 x 8 = 64 tokens, no CLS; a video frame pools to
-4 x 4 = 16 tokens in the stock model), 3 layers, width 32, 4 heads, read at its last layer as the
-released checkpoints are (``vision_feature_layer=-1``); a 2-layer Qwen2 text model; a word-level
-tokenizer with ``<image>`` and ``<video>``; LLaVA-OneVision's Pillow image processor with 2 x 2
-crops at most. The budget is 5 dominant + 3 contextual tokens per crop and per frame. Weights,
-images and videos are seeded.
-
-The video processor is LLaVA-OneVision's, with torchvision's resize and normalise (torchvision is
-not a dependency of this package) replaced by plain torch ones: the placeholder expansion under test is the processor's own.
+4 x 4 = 16 tokens in the stock model), read at its last layer as the released checkpoints are
+(``vision_feature_layer=-1``); a 2-layer Qwen2; crops up to 2 x 2. The video processor is
+LLaVA-OneVision's with torchvision's resize and normalise done in plain torch: the placeholder
+expansion under test is the processor's own. The budget is 5 dominant + 3 contextual tokens per
+crop and per frame. Weights, images and videos are seeded.
 """
 from __future__ import annotations
 
 import copy
-from unittest import mock
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (
-    LlavaOnevisionConfig,
-    LlavaOnevisionForConditionalGeneration,
-    LlavaOnevisionProcessor,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    SiglipVisionConfig,
-)
-from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-    LlavaOnevisionImageProcessorPil,
-)
-from transformers.models.llava_onevision.video_processing_llava_onevision import (
-    LlavaOnevisionVideoProcessor,
-)
-from transformers import processing_utils
-from transformers.video_processing_utils import VideoProcessorMixin
 
 from visionzip_kernels import zip_tokens
 from visionzip_kernels.integrations import apply_visionzip
+from visionzip_kernels.testing.onevision import (
+    IMAGE_TOKEN_ID as IMAGE_ID,
+    VIDEO_TOKEN_ID as VIDEO_ID,
+    make_images,
+    make_video,
+    tiny_model,
+    tiny_processor,
+)
 
 DOMINANT, CONTEXTUAL = 5, 3
 TOKENS = DOMINANT + CONTEXTUAL
-IMAGE_SIZE, PATCH = 112, 14
-PATCHES = (IMAGE_SIZE // PATCH) ** 2  # 64 tokens per crop or frame from the tower
-POOLED = ((IMAGE_SIZE // PATCH + 1) // 2) ** 2  # 16 per frame after the stock 2 x 2 pooling
+IMAGE_SIZE = 112
+PATCHES = 64  # tokens per crop or frame from the tower: 8 x 8 patches of 14 pixels
 PINPOINTS = [[112, 112], [112, 224], [224, 112], [224, 224]]
-WORDS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<video>", "user", "assistant", "describe"]
-WORDS += ["the", "image", "video", "and", "compare", "them", "?"] + [f"w{i}" for i in range(40)]
-IMAGE_ID, VIDEO_ID = WORDS.index("<image>"), WORDS.index("<video>")
 GENERATE = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=0)
 
 # (height, width) -> crop grid (rows, cols) under PINPOINTS with 112-pixel crops
 GRIDS = {(60, 200): (1, 2), (200, 60): (2, 1), (150, 170): (2, 2)}
 
 
-# ----------------------------------------------------------------------------- builders
+def make_model(seed: int = 0, **config_kwargs):
+    return tiny_model(IMAGE_SIZE, PINPOINTS, seed, **config_kwargs)
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
-        padding_side="left",
-    )
-
-
-def make_model(seed: int = 0, **config_kwargs) -> LlavaOnevisionForConditionalGeneration:
-    torch.manual_seed(seed)
-    vision = SiglipVisionConfig(
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        vision_use_head=False,
-    )
-    text = Qwen2Config(
-        vocab_size=len(WORDS),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    config = LlavaOnevisionConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=IMAGE_ID,
-        video_token_index=VIDEO_ID,
-        image_grid_pinpoints=PINPOINTS,
-        **config_kwargs,
-    )
-    return LlavaOnevisionForConditionalGeneration(config).eval()
-
-
-class TorchVideoProcessor(LlavaOnevisionVideoProcessor):
-    """LLaVA-OneVision's video processor with torchvision's two image ops done in plain torch."""
-
-    def resize(self, image, size, resample=None, **kwargs):
-        """``[..., C, H, W]`` uint8 -> ``[..., C, size.height, size.width]`` uint8, bilinear."""
-        frames = image.reshape(-1, *image.shape[-3:]).float()
-        resized = torch.nn.functional.interpolate(
-            frames, size=(size.height, size.width), mode="bilinear", antialias=True
-        )
-        resized = resized.round().clamp(0, 255).to(image.dtype)
-        return resized.reshape(*image.shape[:-2], size.height, size.width)
-
-    def normalize(self, image, mean, std, **kwargs):
-        mean = torch.as_tensor(mean, dtype=image.dtype).view(-1, 1, 1)
-        std = torch.as_tensor(std, dtype=image.dtype).view(-1, 1, 1)
-        return (image - mean) / std
-
-
-def make_processor() -> LlavaOnevisionProcessor:
-    image_processor = LlavaOnevisionImageProcessorPil(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_grid_pinpoints=PINPOINTS
-    )
-    video_processor = TorchVideoProcessor(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_convert_rgb=False
-    )
-    # Without torchvision the top-level name the processor checks a video processor against is
-    # missing; give it the class it stands for while the processor checks its arguments.
-    checked_names = processing_utils.transformers_module
-    with mock.patch.object(checked_names, "VideoProcessorMixin", VideoProcessorMixin, create=True):
-        return LlavaOnevisionProcessor(
-            image_processor=image_processor,
-            tokenizer=make_tokenizer(),
-            video_processor=video_processor,
-            num_image_tokens=PATCHES,
-            vision_feature_select_strategy="full",
-        )
-
-
-def make_images(sizes, seed: int = 0) -> list[Image.Image]:
-    """Seeded random RGB images of the given ``(height, width)`` sizes."""
-    return [
-        Image.fromarray(np.random.RandomState(seed + i).randint(0, 256, (h, w, 3), dtype=np.uint8))
-        for i, (h, w) in enumerate(sizes)
-    ]
-
-
-def make_video(frames: int, seed: int = 0) -> np.ndarray:
-    """A seeded random ``[frames, 90, 130, 3]`` uint8 video."""
-    return np.random.RandomState(100 + seed).randint(0, 256, (frames, 90, 130, 3), dtype=np.uint8)
+def make_processor():
+    return tiny_processor(IMAGE_SIZE, PINPOINTS)
 
 
 def image_tokens(size) -> int:
@@ -320,13 +207,14 @@ def test_features_equal_the_ops_applied_to_an_eager_run(case, layer):
 
 
 def test_video_outputs_hold_each_frames_tokens_and_indices():
-    model, processor = make_model(), make_processor()
+    """Called directly on the inner model, with no layer given: the config's layer is read."""
+    model, processor = make_model(vision_feature_layer=-2), make_processor()
     apply_visionzip(model, processor, dominant=DOMINANT, contextual=CONTEXTUAL)
     videos = make_inputs(processor, "video-4")["pixel_values_videos"]
     videos = torch.cat([videos, videos.flip(1)])  # two videos of 4 frames
-    expected_tokens, expected_idx = eager_zip(model.model.vision_tower, videos.flatten(0, 1), -1)
+    expected_tokens, expected_idx = eager_zip(model.model.vision_tower, videos.flatten(0, 1), -2)
     with torch.no_grad():
-        output = model.get_video_features(videos)
+        output = model.model.get_video_features(videos)
         as_tuple = model.get_video_features(videos, return_dict=False)
     assert output.pooler_output.shape == (2, video_tokens(4), 32)
     assert torch.equal(output.dominant_idx, expected_idx)
