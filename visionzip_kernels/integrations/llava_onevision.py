@@ -78,7 +78,7 @@ def onevision_video_tokens(tokens_per_frame: int, frames: int) -> int:
     return frames * tokens_per_frame + 1
 
 
-def check_feature_layer(layer, vision_config, caller: str) -> None:
+def check_one_feature_layer(layer, vision_config, caller: str) -> None:
     """Raise ``ValueError`` unless ``layer`` is one index of an encoder layer's output."""
     if isinstance(layer, (list, tuple)):
         raise ValueError(
@@ -111,7 +111,7 @@ def _feature_layer(model, vision_feature_layer, caller: str) -> int:
     """The layer to read: the argument if given (checked), else the model's config."""
     if vision_feature_layer is None:
         return model.config.vision_feature_layer
-    check_feature_layer(vision_feature_layer, model.config.vision_config, caller)
+    check_one_feature_layer(vision_feature_layer, model.config.vision_config, caller)
     return vision_feature_layer
 
 
@@ -227,7 +227,7 @@ def get_video_features(
 def patch_llava_onevision(model, budget: Budget) -> list[InstancePatch]:
     """Replace ``get_image_features`` and ``get_video_features`` on the ``LlavaOnevisionModel``
     instance; the patches undo it."""
-    check_feature_layer(
+    check_one_feature_layer(
         model.config.vision_feature_layer, model.config.vision_config, "apply_visionzip"
     )
     methods = {
