@@ -23,8 +23,9 @@ from transformers import (
 
 from visionzip_kernels import attention_importance
 from visionzip_kernels.integrations.encoder import (
-    PenultimateOutputs,
+    LayerOutputs,
     has_cls_token,
+    run_to_layer,
     run_to_penultimate,
     vision_transformer,
     visionzip_features,
@@ -84,7 +85,7 @@ def layer_projections(model, layer_input: torch.Tensor) -> tuple[torch.Tensor, t
 def test_penultimate_outputs_match_the_model(model, pixel_values):
     states = model(pixel_values, output_hidden_states=True).hidden_states
     outputs = run_to_penultimate(model, pixel_values)
-    assert isinstance(outputs, PenultimateOutputs)
+    assert isinstance(outputs, LayerOutputs)
     torch.testing.assert_close(outputs.hidden, states[-2], rtol=0, atol=0)
     query, key = layer_projections(model, states[-3])
     torch.testing.assert_close(outputs.query, query, rtol=0, atol=0)
@@ -189,3 +190,29 @@ def test_visionzip_features_on_the_gpu_match_the_cpu(model, pixel_values, backen
     assert tokens.is_cuda and dominant_idx.is_cuda
     torch.testing.assert_close(dominant_idx.cpu(), expected_idx, rtol=0, atol=0)
     torch.testing.assert_close(tokens.cpu(), expected_tokens, **TOL)
+
+
+@pytest.mark.parametrize("layer", (-1, 1))
+@torch.no_grad()
+def test_run_to_layer_reads_the_given_layer_and_runs_no_later_one(model, pixel_values, layer):
+    """``hidden_states[-1]`` (LLaVA-OneVision's feature layer) and ``hidden_states[1]``: the output,
+    the projections of that layer, and no call of a later layer."""
+    states = model(pixel_values, output_hidden_states=True).hidden_states
+    number = layer % len(states)
+    calls = [0] * len(model.encoder.layers)
+    for index, encoder_layer in enumerate(model.encoder.layers):
+        encoder_layer.register_forward_hook(lambda *_, index=index: calls.__setitem__(index, calls[index] + 1))
+    outputs = run_to_layer(model, pixel_values, layer)
+    assert calls == [1] * number + [0] * (len(calls) - number)
+    torch.testing.assert_close(outputs.hidden, states[layer], rtol=0, atol=0)
+    attention, norm = model.encoder.layers[number - 1].self_attn, model.encoder.layers[number - 1].layer_norm1
+    batch, n_tokens, _ = states[number - 1].shape
+    expected_key = attention.k_proj(norm(states[number - 1]))
+    expected_key = expected_key.view(batch, n_tokens, attention.num_heads, -1).transpose(1, 2)
+    torch.testing.assert_close(outputs.key, expected_key, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layer", (0, 4, -4, 1.0, True))
+def test_layers_that_are_not_an_encoder_layer_output_are_refused(model, pixel_values, layer):
+    with pytest.raises(ValueError, match="is not the output of one of them"):
+        run_to_layer(model, pixel_values, layer)

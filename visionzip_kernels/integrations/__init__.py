@@ -9,21 +9,25 @@ One call::
     output_ids = model.generate(**inputs, max_new_tokens=64)
     handle.remove()  # the model and the processor are exactly as before
 
-or ``with apply_visionzip(model, processor): ...``. Supported: ``LlavaForConditionalGeneration``
-and ``LlavaNextForConditionalGeneration`` (and their inner ``LlavaModel`` / ``LlavaNextModel``)
-with a CLIP or SigLIP vision tower, with their ``LlavaProcessor`` / ``LlavaNextProcessor``;
-``Qwen2_5_VLForConditionalGeneration`` and ``Qwen3VLForConditionalGeneration`` (and their inner
-models) with their processors, every image zipped on its own; and bare ``CLIPVisionModel`` /
-``SiglipVisionModel``, whose ``forward`` then returns the zipped tokens.
+or ``with apply_visionzip(model, processor): ...``. Supported: ``LlavaForConditionalGeneration``,
+``LlavaNextForConditionalGeneration`` and ``LlavaOnevisionForConditionalGeneration`` (images and
+videos; and their inner ``LlavaModel`` / ``LlavaNextModel`` / ``LlavaOnevisionModel``) with a CLIP
+or SigLIP vision tower, with their ``LlavaProcessor`` / ``LlavaNextProcessor`` /
+``LlavaOnevisionProcessor``; ``Qwen2_5_VLForConditionalGeneration`` and
+``Qwen3VLForConditionalGeneration`` (and their inner models) with their processors, every image
+zipped on its own; and bare ``CLIPVisionModel`` / ``SiglipVisionModel``, whose ``forward`` then
+returns the zipped tokens.
 
-The vision encoder keeps its attention implementation (SDPA by default) and stops after its
-penultimate layer; only the methods that decide the visual features (and, in the processor, their
+The vision encoder keeps its attention implementation (SDPA by default) and stops after the layer
+the model reads (the penultimate one in LLaVA, the last one in LLaVA-OneVision); only the methods that decide the visual features (and, in the processor, their
 count) are replaced, on the given instances. Module by module:
 
 - ``apply.py``: ``apply_visionzip``, the checks and the dispatch;
 - ``budget.py``: the ``dominant``/``contextual`` budget and its checks;
-- ``encoder.py``: the vision encoder run to its penultimate layer, with VisionZip;
+- ``encoder.py``: the vision encoder run to the layer the model reads, with VisionZip;
 - ``llava.py``, ``llava_next.py``: the replaced LLaVA methods (and LLaVA-NeXT's token layout);
+- ``llava_onevision.py``: the replaced LLaVA-OneVision methods, images per crop and videos per
+  frame, and their token counts;
 - ``vision_model.py``: the replaced ``forward`` of a bare vision model, and ``VisionZipOutput``,
   what every replaced method returns;
 - ``processor.py``: the replaced processor methods;

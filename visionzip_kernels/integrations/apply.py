@@ -1,5 +1,5 @@
-"""``apply_visionzip``: one call puts VisionZip into a LLaVA, LLaVA-NeXT, Qwen2.5-VL, Qwen3-VL,
-CLIP or SigLIP model.
+"""``apply_visionzip``: one call puts VisionZip into a LLaVA, LLaVA-NeXT, LLaVA-OneVision,
+Qwen2.5-VL, Qwen3-VL, CLIP or SigLIP model.
 
 Everything is checked before anything is changed, and a failure part-way undoes what was done, so
 a call either applies VisionZip to the model and the processor or leaves both untouched.
@@ -12,6 +12,9 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaNextModel,
     LlavaNextProcessor,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionModel,
+    LlavaOnevisionProcessor,
     LlavaProcessor,
 )
 
@@ -20,7 +23,13 @@ from .encoder import VISION_MODELS
 from .handle import VisionZipHandle
 from .llava import patch_llava
 from .llava_next import patch_llava_next
-from .processor import check_processor, patch_llava_next_processor, patch_llava_processor
+from .llava_onevision import patch_llava_onevision
+from .processor import (
+    check_processor,
+    patch_llava_next_processor,
+    patch_llava_onevision_processor,
+    patch_llava_processor,
+)
 from .qwen2_5_vl import QWEN2_5_VL
 from .qwen3_vl import QWEN3_VL
 from .qwen_vl_model import apply_qwen_vl
@@ -28,6 +37,7 @@ from .vision_model import patch_vision_model
 
 SUPPORTED_MODELS = (
     "LlavaForConditionalGeneration, LlavaModel, LlavaNextForConditionalGeneration, LlavaNextModel, "
+    "LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel, "
     "Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel, Qwen3VLForConditionalGeneration, "
     "Qwen3VLModel, CLIPVisionModel, SiglipVisionModel"
 )
@@ -45,6 +55,9 @@ def _multimodal_parts(model):
     if isinstance(model, (LlavaNextForConditionalGeneration, LlavaNextModel)):
         inner = model.model if isinstance(model, LlavaNextForConditionalGeneration) else model
         return inner, LlavaNextProcessor, patch_llava_next, patch_llava_next_processor
+    if isinstance(model, (LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel)):
+        inner = model.model if isinstance(model, LlavaOnevisionForConditionalGeneration) else model
+        return inner, LlavaOnevisionProcessor, patch_llava_onevision, patch_llava_onevision_processor
     return None
 
 
@@ -53,23 +66,25 @@ def apply_visionzip(
 ) -> VisionZipHandle:
     """Make ``model`` (and ``processor``) use VisionZip's ``dominant + contextual`` visual tokens.
 
-    model: a ``LlavaForConditionalGeneration`` / ``LlavaModel`` or a
-        ``LlavaNextForConditionalGeneration`` / ``LlavaNextModel`` with a CLIP or SigLIP vision
-        tower, or a bare ``CLIPVisionModel`` / ``SiglipVisionModel``. Changed in place, on this
-        instance only.
-    processor: the model's ``LlavaProcessor`` / ``LlavaNextProcessor``, patched to write the
-        reduced number of image placeholders (``None`` to leave processing alone, e.g. when the
+    model: a ``LlavaForConditionalGeneration`` / ``LlavaModel``, a
+        ``LlavaNextForConditionalGeneration`` / ``LlavaNextModel`` or a
+        ``LlavaOnevisionForConditionalGeneration`` / ``LlavaOnevisionModel`` with a CLIP or SigLIP
+        vision tower, or a bare ``CLIPVisionModel`` / ``SiglipVisionModel``. Changed in place, on
+        this instance only. For Qwen-VL: a ``Qwen2_5_VLForConditionalGeneration`` /
+        ``Qwen2_5_VLModel`` or a ``Qwen3VLForConditionalGeneration`` / ``Qwen3VLModel`` with its
+        ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` (``qwen_vl_model.py``).
+    processor: the model's ``LlavaProcessor`` / ``LlavaNextProcessor`` /
+        ``LlavaOnevisionProcessor`` (or Qwen-VL processor), patched to write the reduced number of
+        image (and video) placeholders (``None`` to leave processing alone, e.g. when the
         placeholders are built by hand). Not accepted with a bare vision model, whose image
         processor needs no change.
-        For Qwen-VL: a ``Qwen2_5_VLForConditionalGeneration`` / ``Qwen2_5_VLModel`` or a
-        ``Qwen3VLForConditionalGeneration`` / ``Qwen3VLModel`` with its ``Qwen2_5_VLProcessor`` /
-        ``Qwen3VLProcessor`` (``qwen_vl_model.py``).
-    dominant: tokens kept per image (per crop for LLaVA-NeXT) by attention, counting the CLS token
-        where the encoder has one (CLIP); default 54, the paper's LLaVA-1.5 setting. For Qwen-VL an
-        int (tokens per image) or a float (fraction of each image's merged tokens, ``int(f T)``);
-        default 0.65, the published Qwen2.5-VL setting.
-    contextual: merged tokens per image (per crop); default 10 (LLaVA-1.5). For Qwen-VL an int or a
-        float fraction (``max(int(f T), 1)``); default 0.05.
+    dominant: tokens kept per image (per crop for LLaVA-NeXT and LLaVA-OneVision, per video frame
+        for LLaVA-OneVision) by attention, counting the CLS token where the encoder has one (CLIP);
+        default 54, the paper's LLaVA-1.5 setting. For Qwen-VL an int (tokens per image) or a float
+        (fraction of each image's merged tokens, ``int(f T)``); default 0.65, the published
+        Qwen2.5-VL setting.
+    contextual: merged tokens per image (per crop, per frame); default 10 (LLaVA-1.5). For Qwen-VL
+        an int or a float fraction (``max(int(f T), 1)``); default 0.05.
     backend: the ``zip_tokens`` backend (``"auto"`` picks the fastest for the tensors' device);
         ``zip_tokens_varlen``'s for Qwen-VL.
 
@@ -78,8 +93,9 @@ def apply_visionzip(
 
     Raises ``TypeError`` for an unsupported model, vision tower or processor, ``ValueError`` for a
     budget the encoder cannot meet (``dominant < 1``, ``contextual < 0``, or more tokens than the
-    encoder produces), a ``vision_feature_layer`` other than the penultimate layer, or a model or
-    processor VisionZip is already applied to.
+    encoder produces), a ``vision_feature_layer`` other than the penultimate layer (for
+    LLaVA-OneVision: other than one encoder layer's output), or a model or processor VisionZip is
+    already applied to.
     """
     family = next((f for f in QWEN_FAMILIES if isinstance(model, f.model_classes)), None)
     if family is not None:

@@ -1,12 +1,14 @@
-"""Run a CLIP or SigLIP vision encoder to its penultimate layer, as VisionZip needs it.
+"""Run a CLIP or SigLIP vision encoder to the layer VisionZip reads, as VisionZip needs it.
 
-VisionZip reads three things from the **penultimate** encoder layer: its output hidden states
-(``hidden_states[-2]``), the attention its queries give the keys, and its keys. The published code
-gets them from ``output_attentions=True``, which forces eager attention in every layer and keeps
-every layer's ``N x N`` map. Here every layer keeps the model's own attention implementation
-(SDPA/FlashAttention), the penultimate layer's queries and keys are captured as its projections
-produce them (forward hooks, no second projection), the last layer is not run at all, and
-``attention_importance`` computes what ``zip_tokens`` needs without the map.
+VisionZip reads three things from the encoder layer whose output the model uses as its visual
+features (the **penultimate** layer in LLaVA, ``hidden_states[-2]``; the last layer of the 26-layer
+SigLIP tower in LLaVA-OneVision, ``hidden_states[-1]``): that output, the attention its queries
+give the keys, and its keys. The published code gets them from ``output_attentions=True``, which
+forces eager attention in every layer and keeps every layer's ``N x N`` map. Here every layer keeps
+the model's own attention implementation (SDPA/FlashAttention), the layer's queries and keys are
+captured as its projections produce them (forward hooks, no second projection), the layers after
+it are not run at all, and ``attention_importance`` computes what ``zip_tokens`` needs without the
+map.
 
 In transformers 5 the vision transformer is the ``CLIPVisionModel`` / ``SiglipVisionModel``
 itself (``embeddings``, CLIP's ``pre_layrnorm``, ``encoder.layers``); a model that holds one as
@@ -27,10 +29,10 @@ VISION_MODELS = (CLIPVisionModel, SiglipVisionModel)
 
 
 @dataclass(frozen=True)
-class PenultimateOutputs:
-    """What VisionZip reads from the penultimate encoder layer of ``B`` images of ``N`` tokens.
+class LayerOutputs:
+    """What VisionZip reads from one encoder layer of ``B`` images of ``N`` tokens.
 
-    hidden: ``[B, N, D]`` the layer's output (``hidden_states[-2]``), in the model's dtype.
+    hidden: ``[B, N, D]`` the layer's output (``hidden_states[layer]``), in the model's dtype.
     query:  ``[B, H, N, hd]`` the layer's query projections, unscaled (a view, token-major).
     key:    ``[B, H, N, hd]`` the layer's key projections (a view, token-major).
     scale:  the layer's softmax scale.
@@ -66,22 +68,35 @@ def _heads(projection: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
     return projection.view(batch, n_tokens, heads, head_dim).transpose(1, 2)
 
 
-def run_to_penultimate(model, pixel_values: torch.Tensor) -> PenultimateOutputs:
-    """Embeddings (and CLIP's ``pre_layrnorm``), then every encoder layer but the last.
+def layer_number(layer, num_layers: int) -> int:
+    """The 1-based number of the encoder layer whose output is ``hidden_states[layer]``.
 
-    pixel_values: ``[B, C, image_size, image_size]``. The layers run with the model's attention
-    implementation; the last layer, whose output VisionZip never uses, is not run. The
-    penultimate layer's queries and keys are taken from its ``q_proj``/``k_proj`` outputs by
-    forward hooks, removed afterwards whatever happens.
+    ``hidden_states`` holds the embeddings and then each of the ``num_layers`` layers' outputs, so
+    ``layer`` must be ``1..num_layers`` or ``-1..-num_layers`` (index 0, the embeddings, has no
+    attention). Raises ``ValueError`` otherwise.
+    """
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer == 0 or abs(layer) > num_layers:
+        raise ValueError(
+            f"VisionZip encoder: the encoder has {num_layers} layers, so hidden_states[{layer!r}] is "
+            f"not the output of one of them (valid: 1..{num_layers} or -1..-{num_layers}; the "
+            "penultimate layer, -2, needs at least 2 layers)"
+        )
+    return layer % (num_layers + 1)
+
+
+def run_to_layer(model, pixel_values: torch.Tensor, layer: int) -> LayerOutputs:
+    """Embeddings (and CLIP's ``pre_layrnorm``), then the encoder layers up to ``hidden_states[layer]``.
+
+    pixel_values: ``[B, C, image_size, image_size]``; layer: an index into ``hidden_states``
+    (``layer_number``). The layers run with the model's attention implementation; the layers after
+    ``layer``, whose outputs VisionZip never uses, are not run. That layer's queries and keys are
+    taken from its ``q_proj``/``k_proj`` outputs by forward hooks, removed afterwards whatever
+    happens.
     """
     tower = vision_transformer(model)
     layers = tower.encoder.layers
-    if len(layers) < 2:
-        raise ValueError(
-            f"VisionZip encoder: the encoder needs at least 2 layers to have a penultimate one, "
-            f"got {len(layers)}"
-        )
-    attention = layers[-2].self_attn
+    number = layer_number(layer, len(layers))
+    attention = layers[number - 1].self_attn
     captured: dict[str, torch.Tensor] = {}
 
     def capture(name: str):
@@ -98,12 +113,12 @@ def run_to_penultimate(model, pixel_values: torch.Tensor) -> PenultimateOutputs:
         hidden = tower.embeddings(pixel_values)
         if isinstance(tower, CLIPVisionModel):
             hidden = tower.pre_layrnorm(hidden)
-        for layer in layers[:-1]:
-            hidden = layer(hidden, None)
+        for encoder_layer in layers[:number]:
+            hidden = encoder_layer(hidden, None)
     finally:
         for handle in handles:
             handle.remove()
-    return PenultimateOutputs(
+    return LayerOutputs(
         hidden=hidden,
         query=_heads(captured["query"], attention.num_heads, attention.head_dim),
         key=_heads(captured["key"], attention.num_heads, attention.head_dim),
@@ -111,17 +126,29 @@ def run_to_penultimate(model, pixel_values: torch.Tensor) -> PenultimateOutputs:
     )
 
 
+def run_to_penultimate(model, pixel_values: torch.Tensor) -> LayerOutputs:
+    """``run_to_layer(model, pixel_values, -2)``: every layer but the last, LLaVA's feature layer."""
+    return run_to_layer(model, pixel_values, -2)
+
+
 def visionzip_features(
-    model, pixel_values: torch.Tensor, k_dom: int, k_ctx: int, *, backend: str = "auto"
+    model,
+    pixel_values: torch.Tensor,
+    k_dom: int,
+    k_ctx: int,
+    *,
+    backend: str = "auto",
+    layer: int = -2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """VisionZip's tokens for a batch of images: ``(tokens [B, k_dom + k_ctx, D], dominant_idx [B, k_dom])``.
 
     ``zip_tokens(hidden, attention_importance(query, key, has_cls, scale), k_dom, k_ctx,
-    keys=key, has_cls)`` on the penultimate layer (``run_to_penultimate``). ``backend`` is
+    keys=key, has_cls)`` on ``hidden_states[layer]`` (``run_to_layer``; the penultimate layer by
+    default). ``backend`` is
     ``zip_tokens``'s; ``attention_importance`` runs the backend of the same name where it has one
     (``"reference"``, ``"cpu"``, ``"triton"``) and its automatic choice otherwise.
     """
-    outputs = run_to_penultimate(model, pixel_values)
+    outputs = run_to_layer(model, pixel_values, layer)
     has_cls = has_cls_token(model)
     importance = attention_importance(
         outputs.query,

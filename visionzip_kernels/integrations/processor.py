@@ -1,4 +1,4 @@
-"""VisionZip in ``LlavaProcessor`` and ``LlavaNextProcessor``: fewer placeholders per image.
+"""VisionZip in the LLaVA processors: fewer placeholders per image (and per video frame).
 
 A LLaVA processor expands every ``<image>`` in the text to as many image tokens as the model has
 features for that image. With VisionZip that count comes from ``llava_next.py``, and the processor is
@@ -11,6 +11,9 @@ patched on its instance at the narrowest point that decides it:
   ``llava_next_image_tokens`` count for the image's crop grid. Its callers subtract one token when the
   processor's ``vision_feature_select_strategy`` is ``"default"`` (LLaVA drops the CLS token);
   VisionZip keeps the CLS token, so that one token is added back here.
+- ``LlavaOnevisionProcessor``: ``replace_image_token``, ``replace_video_token`` (the placeholder
+  strings, used by ``__call__``) and ``_get_num_multimodal_tokens`` return the counts of
+  ``llava_onevision.py``, whatever ``vision_feature_select_strategy`` says (SigLIP has no CLS token).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from transformers.processing_utils import MultiModalData
 from .budget import Budget
 from .handle import InstancePatch, bind_methods
 from .llava_next import crop_grid, llava_next_image_tokens
+from .llava_onevision import base_crop_image_tokens, onevision_image_tokens, onevision_video_tokens
 
 
 def replace_image_token(
@@ -53,18 +57,81 @@ def get_number_of_features(
     return llava_next_image_tokens(budget.tokens, rows, cols) + cls_compensation
 
 
+def onevision_image_count(processor, height: int, width: int, orig_size, *, budget: Budget) -> int:
+    """Placeholders of one image of a one-image LLaVA-OneVision prompt, ``height x width`` crops."""
+    pinpoints = processor.image_processor.image_grid_pinpoints
+    rows, cols = crop_grid(orig_size, pinpoints, height, width)
+    return onevision_image_tokens(budget.tokens, rows, cols)
+
+
+def images_in_prompt(batch_num_images, image_idx: int) -> int:
+    """How many images the prompt holding image ``image_idx`` (counted over the batch) has."""
+    first = 0
+    for count in batch_num_images:
+        if image_idx < first + count:
+            return int(count)
+        first += count
+    raise IndexError(f"image {image_idx} is not among the batch's {first} images")
+
+
+def replace_onevision_image_token(
+    processor, image_inputs: dict, image_idx: int, *, budget: Budget, **kwargs
+) -> str:
+    """The placeholder string of one LLaVA-OneVision image: base crop only in a several-image
+    prompt, base crop and grid otherwise."""
+    if images_in_prompt(image_inputs["batch_num_images"], image_idx) != 1:
+        return processor.image_token * base_crop_image_tokens(budget.tokens)
+    height, width = image_inputs["pixel_values"][0][0].shape[-2:]
+    size = image_inputs["image_sizes"][image_idx]
+    count = onevision_image_count(processor, int(height), int(width), size, budget=budget)
+    return processor.image_token * count
+
+
+def replace_onevision_video_token(
+    processor, video_inputs: dict, video_idx: int, *, budget: Budget, **kwargs
+) -> str:
+    """The placeholder string of one LLaVA-OneVision video: ``t`` per frame, one newline."""
+    frames = video_inputs["pixel_values_videos"][video_idx]
+    num_frames = len(frames) if isinstance(frames, (list, tuple)) else frames.shape[0]
+    return processor.video_token * onevision_video_tokens(budget.tokens, num_frames)
+
+
+def get_onevision_num_multimodal_tokens(
+    processor, image_sizes=None, video_sizes=None, *, budget: Budget, **kwargs
+) -> MultiModalData:
+    """Image tokens per image (each alone in its prompt, as the stock method counts) and video
+    tokens per video, given ``(height, width)`` image sizes and ``(frames, height, width)`` video sizes."""
+    counts = {}
+    if image_sizes is not None:
+        size = processor._merge_kwargs(**kwargs)["images_kwargs"].get("size") or processor.image_processor.size
+        crop = size["shortest_edge"] if "shortest_edge" in size else min(size["height"], size["width"])
+        counts["num_image_tokens"] = [
+            onevision_image_count(processor, crop, crop, image_size, budget=budget)
+            for image_size in image_sizes
+        ]
+        counts["num_image_patches"] = [1] * len(image_sizes)
+    if video_sizes is not None:
+        counts["num_video_tokens"] = [
+            onevision_video_tokens(budget.tokens, frames) for frames, _, _ in video_sizes
+        ]
+    return MultiModalData(**counts)
+
+
 def check_processor(processor, expected: type, model, model_config) -> None:
-    """Raise unless ``processor`` is an ``expected`` whose image token is the model's."""
+    """Raise unless ``processor`` is an ``expected`` whose image (and video) token is the model's."""
     if not isinstance(processor, expected):
         raise TypeError(
             f"apply_visionzip: `processor` must be a {expected.__name__} for "
             f"{type(model).__name__}, got {type(processor).__name__}"
         )
-    if processor.image_token_id != model_config.image_token_id:
-        raise ValueError(
-            f"apply_visionzip: `processor` writes image token id {processor.image_token_id} but "
-            f"the model's config.image_token_id is {model_config.image_token_id}"
-        )
+    for kind in ("image", "video"):
+        model_id = getattr(model_config, f"{kind}_token_id", None)
+        written_id = getattr(processor, f"{kind}_token_id", None)
+        if model_id is not None and written_id != model_id:
+            raise ValueError(
+                f"apply_visionzip: `processor` writes {kind} token id {written_id} but "
+                f"the model's config.{kind}_token_id is {model_id}"
+            )
 
 
 def patch_llava_processor(processor, budget: Budget) -> list[InstancePatch]:
@@ -79,4 +146,16 @@ def patch_llava_processor(processor, budget: Budget) -> list[InstancePatch]:
 def patch_llava_next_processor(processor, budget: Budget) -> list[InstancePatch]:
     """Patch a ``LlavaNextProcessor`` instance to write the ``llava_next_image_tokens`` count per image."""
     methods = {"_get_number_of_features": functools.partial(get_number_of_features, budget=budget)}
+    return bind_methods(processor, methods, owner_arg="processor")
+
+
+def patch_llava_onevision_processor(processor, budget: Budget) -> list[InstancePatch]:
+    """Patch a ``LlavaOnevisionProcessor`` instance to write ``llava_onevision.py``'s counts."""
+    methods = {
+        "replace_image_token": functools.partial(replace_onevision_image_token, budget=budget),
+        "replace_video_token": functools.partial(replace_onevision_video_token, budget=budget),
+        "_get_num_multimodal_tokens": functools.partial(
+            get_onevision_num_multimodal_tokens, budget=budget
+        ),
+    }
     return bind_methods(processor, methods, owner_arg="processor")
