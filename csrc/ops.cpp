@@ -38,6 +38,9 @@ TORCH_LIBRARY(visionzip, m) {
       "_zip_tokens_varlen_cpu(Tensor hidden, Tensor importance, Tensor cu_seqlens, int[] seqlens, int[] k_dom, "
       "int[] k_ctx, Tensor? keys=None) -> (Tensor, Tensor, Tensor)");
   m.def(
+      "_zip_tokens_varlen_cuda(Tensor hidden, Tensor importance, Tensor cu_seqlens, int[] seqlens, int[] k_dom, "
+      "int[] k_ctx, Tensor? keys=None) -> (Tensor, Tensor, Tensor)");
+  m.def(
       "_zip_tokens_varlen_triton(Tensor hidden, Tensor importance, Tensor cu_seqlens, int[] seqlens, int[] k_dom, "
       "int[] k_ctx, Tensor? keys=None) -> (Tensor, Tensor, Tensor)");
   m.def(

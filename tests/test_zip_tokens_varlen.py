@@ -173,3 +173,17 @@ def test_torch_ops_matches_function_and_fake_gives_shapes():
         assert kept_idx.shape == (210,) and cu_kept.shape == (3,)
         with pytest.raises(ValueError, match="segment 1 holds 200 tokens"):
             torch.ops.visionzip.zip_tokens_varlen(hidden, importance, cu, [100, 200], [65, 195], [5, 10])
+
+
+def test_torch_compile_fullgraph_through_torch_ops():
+    packed = make_packed((9, 14), 16, 6, torch.float32, seed=7)
+
+    def zipped_and_scaled(hidden, importance, cu_seqlens, keys):
+        tokens, kept_idx, cu_kept = torch.ops.visionzip.zip_tokens_varlen(
+            hidden, importance, cu_seqlens, [9, 14], [4, 4], [2, 2], keys
+        )
+        return tokens * 2.0, kept_idx, cu_kept
+
+    compiled = torch.compile(zipped_and_scaled, fullgraph=True, backend="aot_eager")
+    tokens, kept_idx, cu_kept = compiled(packed["hidden"], packed["importance"], packed["cu_seqlens"], packed["keys"])
+    assert_zip_varlen_matches_reference((tokens / 2.0, kept_idx, cu_kept), packed, [4, 4], [2, 2])

@@ -29,8 +29,9 @@ def attention_importance_varlen_blockwise(
         stop = start + size
         if size == 0:
             continue
-        queries = q[start:stop].transpose(0, 1).float()
-        keys_t = k[start:stop].transpose(0, 1).float().transpose(1, 2)
+        # [H, T_i, hd] copies, once per segment: batched products of strided slices copy per block.
+        queries = q[start:stop].transpose(0, 1).float().contiguous()
+        keys_t = k[start:stop].transpose(0, 1).float().contiguous().transpose(1, 2)
         rows = query_block_rows(heads, size)
         column_sums = torch.zeros(heads, size, dtype=torch.float32, device=q.device)
         for first in range(0, size, rows):

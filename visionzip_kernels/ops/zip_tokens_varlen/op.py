@@ -17,6 +17,9 @@ Backends (``backend=``):
 - ``"triton"``: two Triton launches over all segments at once (``triton.py``,
   ``triton_kernels.py``), CUDA tensors, or CPU tensors through Triton's interpreter when
   ``TRITON_INTERPRET=1`` is set;
+- ``"cuda"``: the CUDA C++ kernels (``csrc/zip_tokens_varlen_cuda.cu``), one block per segment,
+  CUDA tensors, when that extension was built. Compile-checked only so far: ``"auto"`` prefers
+  the Triton backend on CUDA until a GPU run has measured and checked it;
 - ``"auto"``: the first of ``available_backends(device)``.
 
 ``torch.ops.visionzip.zip_tokens_varlen`` is the same op with per-segment integer budgets already
@@ -27,13 +30,13 @@ from __future__ import annotations
 import torch
 
 from ... import checks, varlen
-from ...backends import OpBackends, on_any_device, on_cpu, on_triton_device
+from ...backends import OpBackends, on_any_device, on_cpu, on_cuda_extension, on_triton_device
 from . import reference
 
 OP = "zip_tokens_varlen"
 
 BACKENDS = OpBackends(
-    OP, preference={"cpu": ("cpu", "triton", "reference"), "cuda": ("triton", "reference")}
+    OP, preference={"cpu": ("cpu", "triton", "reference"), "cuda": ("triton", "cuda", "reference")}
 )
 BACKENDS.add_op("cpu", on_cpu, "_zip_tokens_varlen_cpu")
 BACKENDS.add_python_kernel(
@@ -43,6 +46,7 @@ BACKENDS.add_python_kernel(
     "visionzip_kernels.ops.zip_tokens_varlen.triton",
     "zip_tokens_varlen_triton",
 )
+BACKENDS.add_op("cuda", on_cuda_extension, "_zip_tokens_varlen_cuda")
 BACKENDS.add("reference", on_any_device, reference.zip_tokens_varlen)
 
 
