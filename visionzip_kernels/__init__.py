@@ -5,7 +5,8 @@
 ``docs/ARCHITECTURE.md`` maps the package.
 """
 from . import _extension  # noqa: F401  (loads the compiled op library first)
+from ._version import __version__
 from .ops.attention_importance import attention_importance
 from .ops.zip_tokens import available_backends, zip_tokens
 
-__all__ = ["attention_importance", "available_backends", "zip_tokens"]
+__all__ = ["__version__", "attention_importance", "available_backends", "zip_tokens"]
