@@ -27,8 +27,18 @@ count) are replaced, on the given instances. Module by module:
 - ``handle.py``: instance patches and ``VisionZipHandle``, which undoes them;
 - ``outputs.py``: ``VisionZipOutput``, what the replaced methods return.
 """
-from .apply import apply_visionzip
-from .handle import VisionZipHandle
-from .outputs import VisionZipOutput
+try:
+    import transformers  # noqa: F401
+except ModuleNotFoundError as error:
+    if error.name != "transformers":
+        raise
+    raise ImportError(
+        "visionzip_kernels.integrations needs Hugging Face transformers, which is not installed: "
+        "pip install visionzip_kernels[transformers]"
+    ) from error
+
+from .apply import apply_visionzip  # noqa: E402
+from .handle import VisionZipHandle  # noqa: E402
+from .outputs import VisionZipOutput  # noqa: E402
 
 __all__ = ["VisionZipHandle", "VisionZipOutput", "apply_visionzip"]
