@@ -2,26 +2,32 @@
 #
 #   make demo             install, then run the self-check (python -m visionzip_kernels): every
 #                         backend checked against the reference and timed, on synthetic inputs.
-#   make test             install, compile-check the CUDA and CMake builds, run the test suite.
+#   make test             install, compile-check the CUDA and CMake builds, check the wheel
+#                         (make wheel-check), run the test suite.
 #   make install          torch 2.13.0 if no torch is installed (never a second, CUDA build), the
-#                         other requirements, then the package itself, editable.
+#                         other requirements, then the package itself, editable, without its
+#                         dependencies (so pip never resolves torch) and built against that torch.
+#   make wheel-check      build the wheel, install it alone into a fresh venv that reuses this
+#                         environment's torch and numpy (nothing from an index), and run the main
+#                         job from a folder outside the repository (tools/wheel_check.py).
 #   make cmake-check      build csrc/ with CMake (build/cmake/), as a C++ developer would.
 #   make -j2 cuda-check   compile every csrc/*.cu with nvcc against torch's headers for each GPU
 #                         architecture the package targets (objects under build/cuda-check/), so a
 #                         syntax or type error in the CUDA kernels fails without a GPU. Without
 #                         nvcc it prints a notice and succeeds, unless CI=true.
 #
-# Variables: PYTHON (an interpreter with torch), NVCC, CUDA_ARCHS (compute capabilities, keep in
-# step with CUDA_ARCHS in setup.py), NVCC_THREADS (architectures compiled in parallel per file).
+# Variables: PYTHON (an interpreter with torch), NVCC, CUDA_ARCHS (compute capabilities; by default
+# those of csrc/cuda_archs.txt, which setup.py and CMakeLists.txt read too), NVCC_THREADS
+# (architectures compiled in parallel per file).
 
 PYTHON ?= python
 NVCC ?= nvcc
-CUDA_ARCHS ?= 80 86 89 90
+CUDA_ARCHS ?= $(shell sed -e 's/\#.*//' csrc/cuda_archs.txt)
 NVCC_THREADS ?= 2
 
 CHECK_DIR := build/cuda-check
 CUDA_SOURCES := $(wildcard csrc/*.cu)
-CUDA_HEADERS := $(wildcard csrc/*.cuh)
+CUDA_HEADERS := $(wildcard csrc/*.cuh csrc/*.h)
 CUDA_OBJECTS := $(patsubst csrc/%.cu,$(CHECK_DIR)/%.o,$(CUDA_SOURCES))
 
 # The flags setup.py's CUDAExtension compiles with. C10_CUDA_NO_CMAKE_CONFIGURE_FILE: a CPU build
@@ -36,19 +42,23 @@ TORCH_FLAGS_SCRIPT := import sysconfig, torch, torch.utils.cpp_extension as ext;
 	print(" ".join(["-I" + d for d in dirs] + ext.COMMON_NVCC_FLAGS \
 	+ ["-D_GLIBCXX_USE_CXX11_ABI=%d" % torch._C._GLIBCXX_USE_CXX11_ABI]))
 
-.PHONY: install demo test cmake-check cuda-check cuda-check-objects FORCE
+.PHONY: install demo test wheel-check cmake-check cuda-check cuda-check-objects FORCE
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
 	$(PYTHON) -m pip install -r requirements.txt
-	$(PYTHON) -m pip install --no-build-isolation -e .
+	$(PYTHON) -m pip install --no-build-isolation --no-deps -e .
 
 demo: install
 	$(PYTHON) -m visionzip_kernels
 
 test: install
 	$(MAKE) --no-print-directory -j2 cuda-check cmake-check
+	$(MAKE) --no-print-directory wheel-check
 	$(PYTHON) -m pytest -q tests
+
+wheel-check:
+	$(PYTHON) tools/wheel_check.py
 
 cmake-check:
 	@if command -v cmake >/dev/null 2>&1; then \

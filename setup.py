@@ -1,20 +1,42 @@
 """Build visionzip_kernels: the C++ CPU extension always, the CUDA extension when it can be made.
 
+The metadata lives in pyproject.toml; this file adds what depends on the installed torch: the
+extensions and the torch requirement. The extensions compile against the torch that is already
+installed, so every build runs without build isolation:
+
+    pip install --no-build-isolation .        (or -e . for development)
+    python -m build --wheel --no-isolation
+
 The CUDA extension is built when torch is a CUDA build and nvcc is found (a GPU need not be
 visible). VISIONZIP_BUILD_CUDA=1 forces it (and fails loudly if it cannot be built),
-VISIONZIP_BUILD_CUDA=0 skips it. Install with `pip install --no-build-isolation -e .` into an
-environment that already has torch, so that pip never resolves torch itself.
+VISIONZIP_BUILD_CUDA=0 skips it. The architectures are those of csrc/cuda_archs.txt.
 """
+import copy
 import glob
 import os
+import sys
 
-from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+from setuptools import setup
 
-import torch
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError as error:
+    sys.exit(
+        f"visionzip_kernels compiles against the installed torch, which this build cannot import "
+        f"({error}). Install torch first, then build without isolation: "
+        "`pip install --no-build-isolation .` (or `-e .`), or `python -m build --wheel --no-isolation`."
+    )
 
-CUDA_ARCHS = "8.0;8.6;8.9;9.0"  # A100/A800, RTX 3090, RTX 4090, H100/H200
 CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]  # OpenMP for at::parallel_for; no FMA contraction
+LINK_FLAGS = ["-s"]  # no symbol tables or debug information in the installed modules
+
+
+def cuda_archs() -> list[str]:
+    """csrc/cuda_archs.txt as compute capabilities with a dot ("8.0", ...), TORCH_CUDA_ARCH_LIST's form."""
+    with open(os.path.join("csrc", "cuda_archs.txt")) as lines:
+        archs = [line.split("#")[0].strip() for line in lines]
+    return [f"{arch[:-1]}.{arch[-1]}" for arch in archs if arch]
 
 
 def build_cuda() -> bool:
@@ -30,38 +52,46 @@ def build_cuda() -> bool:
     return possible
 
 
+def torch_requirement() -> str:
+    """The torch release series this build compiles against: the extensions use libtorch's C++ ABI,
+    which holds within a minor release only."""
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return f"torch=={major}.{minor}.*"
+
+
+class BuildExtensionApart(BuildExtension.with_options(no_python_abi_suffix=True)):
+    """torch's BuildExtension with one build folder per extension: each folder holds that
+    extension's objects and its own build.ninja, so `build_ext -j N` builds them side by side."""
+
+    def build_extension(self, ext):
+        apart = copy.copy(self)  # a shallow copy per extension: the parallel builds share no build_temp
+        apart.build_temp = os.path.join(self.build_temp, ext.name)
+        super(BuildExtensionApart, apart).build_extension(ext)
+
+
 extensions = [
     CppExtension(
         "visionzip_kernels._C",
         sorted(glob.glob("csrc/*.cpp")),
         depends=sorted(glob.glob("csrc/*.h")),
         extra_compile_args={"cxx": CXX_FLAGS},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp", *LINK_FLAGS],
     )
 ]
 if build_cuda():
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", CUDA_ARCHS)
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", ";".join(cuda_archs()))
     extensions.append(
         CUDAExtension(
             "visionzip_kernels._C_cuda",
             sorted(glob.glob("csrc/*.cu")),
-            depends=sorted(glob.glob("csrc/*.cuh")),
+            depends=sorted(glob.glob("csrc/*.cuh") + glob.glob("csrc/*.h")),
             extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--fmad=false"]},
+            extra_link_args=LINK_FLAGS,
         )
     )
 
 setup(
-    name="visionzip_kernels",
-    version="0.1.0",
-    description="Fused kernels for VisionZip visual-token reduction",
-    packages=find_packages(include=["visionzip_kernels", "visionzip_kernels.*"]),
     ext_modules=extensions,
-    cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)},
-    python_requires=">=3.10",
-    install_requires=["numpy"],
-    extras_require={
-        "test": ["pytest", "transformers>=5.23", "pillow"],
-        "triton": ["triton"],
-        "transformers": ["transformers>=5.23", "pillow"],
-    },
+    cmdclass={"build_ext": BuildExtensionApart},
+    install_requires=[torch_requirement(), "numpy"],
 )

@@ -8,8 +8,9 @@
 //      no product is fused into a sum.
 //   2. apply, per (image, block of channels): copy the dominant rows, then accumulate each merge
 //      token into its target's float32 sum and write hidden[target] + sum / count, rounded once.
-// Assumes validated inputs (visionzip_kernels/ops.py). `hidden` is read through its batch and
-// token strides with contiguous channels (copied once otherwise); `attn` and `keys` are read
+// The entry point checks its arguments first (zip_tokens_checks.h, the Python validation's checks
+// and messages), so the kernels below see only inputs the contract accepts. `hidden` is read through
+// its batch and token strides with contiguous channels (copied once otherwise); `attn` and `keys` are read
 // through their strides.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -28,6 +29,7 @@
 
 #include "half_rows.h"
 #include "zip_plan.h"
+#include "zip_tokens_checks.h"
 
 namespace visionzip {
 namespace {
@@ -75,6 +77,7 @@ void apply_block(const Tensor& hidden, const int64_t* dominant, const ImagePlan&
 
 std::tuple<Tensor, Tensor> zip_tokens_cpu(const Tensor& hidden_in, const Tensor& attn, int64_t k_dom,
                                           int64_t k_ctx, const std::optional<Tensor>& keys, bool has_cls) {
+  check_zip_tokens_args(hidden_in, attn, k_dom, k_ctx, keys, has_cls);
   const Tensor hidden = hidden_in.stride(2) == 1 ? hidden_in : hidden_in.contiguous();
   const int64_t batch = hidden.size(0), width = hidden.size(2);
   Tensor tokens = at::empty({batch, k_dom + k_ctx, width}, hidden.options());

@@ -6,11 +6,12 @@
 //   1. zip_plan_kernel: grid B, 1024 threads, dynamic shared memory up to the device's opt-in
 //      limit (metric tiles as wide as fit): dominant_idx and the plan;
 //   2. zip_apply_kernel: grid B x channel blocks: tokens.
-// Assumes validated inputs (visionzip_kernels/ops.py) and N <= 4096 (checked). Every input is read
+// The entry point checks its arguments first (zip_tokens_checks.h) and N <= 4096. Every input is read
 // through its strides, never copied; the apply kernel uses 16-byte vectors where hidden's channels
 // are contiguous and aligned, scalars otherwise.
 #include <Python.h>  // first, as Python requires
 
+#include "zip_tokens_checks.h"
 #include "zip_tokens_cuda.cuh"
 
 #include <ATen/Dispatch.h>
@@ -157,6 +158,7 @@ void launch_apply(const Tensor& hidden, const Tensor& plan, Tensor& tokens, Appl
 
 std::tuple<Tensor, Tensor> zip_tokens_cuda(const Tensor& hidden, const Tensor& attn, int64_t k_dom, int64_t k_ctx,
                                            const std::optional<Tensor>& keys, bool has_cls) {
+  check_zip_tokens_args(hidden, attn, k_dom, k_ctx, keys, has_cls);
   const c10::cuda::CUDAGuard device_guard(hidden.device());
   const int64_t batch = hidden.size(0), n_tokens = hidden.size(1), width = hidden.size(2);
   TORCH_CHECK(n_tokens <= kMaxTokens, "zip_tokens: backend='cuda' supports at most ", kMaxTokens,

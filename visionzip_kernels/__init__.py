@@ -7,12 +7,14 @@ images of different sizes (Qwen-VL), with ``pool_merge_units`` for Qwen's 2x2 me
 ``docs/ARCHITECTURE.md`` maps the package.
 """
 from . import _extension  # noqa: F401  (loads the compiled op library first)
+from ._version import __version__
 from .ops.attention_importance import attention_importance
 from .ops.attention_importance_varlen import attention_importance_varlen, pool_merge_units
 from .ops.zip_tokens import available_backends, zip_tokens
 from .ops.zip_tokens_varlen import zip_tokens_varlen
 
 __all__ = [
+    "__version__",
     "attention_importance",
     "attention_importance_varlen",
     "available_backends",

@@ -37,8 +37,18 @@ count) are replaced, on the given instances. Module by module:
   particular to each family): Qwen-VL;
 - ``handle.py``: instance patches and ``VisionZipHandle``, which undoes them.
 """
-from .apply import apply_visionzip
-from .handle import VisionZipHandle
-from .vision_model import VisionZipOutput
+try:
+    import transformers  # noqa: F401
+except ModuleNotFoundError as error:
+    if error.name != "transformers":
+        raise
+    raise ImportError(
+        "visionzip_kernels.integrations needs Hugging Face transformers, which is not installed: "
+        "pip install visionzip_kernels[transformers]"
+    ) from error
+
+from .apply import apply_visionzip  # noqa: E402
+from .handle import VisionZipHandle  # noqa: E402
+from .vision_model import VisionZipOutput  # noqa: E402
 
 __all__ = ["VisionZipHandle", "VisionZipOutput", "apply_visionzip"]

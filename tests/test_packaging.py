@@ -1,0 +1,70 @@
+"""Installing like a library: the metadata (pyproject.toml, one version), the message of a build that
+cannot see torch, and the message of the integrations without transformers. The wheel round trip
+itself is `make wheel-check` (tools/wheel_check.py), which `make test` runs before the tests."""
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import torch
+
+import visionzip_kernels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_without(module: str, code: str) -> subprocess.CompletedProcess:
+    """Runs ``code`` in a fresh interpreter (at the repository root) in which ``module`` cannot be imported."""
+    hide = (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.partition('.')[0] == {module!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+    )
+    return subprocess.run([sys.executable, "-c", hide + code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_pyproject_declares_the_metadata():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["build-system"]["build-backend"] == "setuptools.build_meta"
+    project = pyproject["project"]
+    assert project["name"] == "visionzip_kernels"
+    assert project["requires-python"] == ">=3.10"
+    assert set(project["dynamic"]) == {"version", "dependencies"}
+    extras = project["optional-dependencies"]
+    assert extras["transformers"] == ["transformers>=5.23", "pillow"]
+    assert set(extras["test"]) == {"pytest", "hypothesis", "transformers>=5.23", "pillow"}
+    assert extras["triton"] == ["triton"]
+
+
+def test_installed_metadata_has_the_one_version_and_requires_the_torch_built_against():
+    assert importlib.metadata.version("visionzip_kernels") == visionzip_kernels.__version__
+    major, minor = torch.__version__.split(".")[:2]
+    requires = importlib.metadata.requires("visionzip_kernels")
+    assert f"torch=={major}.{minor}.*" in requires
+    assert "numpy" in requires
+
+
+def test_a_build_without_torch_names_the_flag():
+    # What an isolated build (`pip install .`) meets: setup.py cannot import torch.
+    result = run_without("torch", "import runpy; runpy.run_path('setup.py', run_name='__main__')")
+    assert result.returncode != 0
+    assert "--no-build-isolation" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_integrations_without_transformers_name_the_extra():
+    result = run_without("transformers", "import visionzip_kernels.integrations")
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ImportError:"), result.stderr
+    assert "pip install visionzip_kernels[transformers]" in last_line
+
+
+def test_the_kernels_import_without_transformers():
+    result = run_without("transformers", "import visionzip_kernels, sys; assert 'transformers' not in sys.modules")
+    assert result.returncode == 0, result.stderr
