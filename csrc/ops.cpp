@@ -28,6 +28,9 @@ TORCH_LIBRARY(visionzip, m) {
       "attention_importance(Tensor q, Tensor k, bool has_cls=True, float? scale=None, *, "
       "Tensor? lse=None) -> Tensor");
   m.def(
+      "_attention_importance_cuda(Tensor q, Tensor k, bool has_cls, float scale, *, "
+      "Tensor? lse=None) -> Tensor");
+  m.def(
       "_attention_importance_triton(Tensor q, Tensor k, bool has_cls, float scale, *, "
       "Tensor? lse=None) -> Tensor");
   // Packed batches of n segments: `seqlens` (n sizes) and the per-segment budgets are host ints.

@@ -1,18 +1,14 @@
 """Tests of ``attention_importance``: parity, memory, validation, op registration.
 
-Every backend is held to ``softmax(q k^T scale)`` evaluated in float64 on the same inputs: the CLS
-query's row, or the mean over queries of each column. Tolerance: ``rtol = 2e-5``, ``atol = 1e-9``
-for all three input dtypes, since every backend computes in float32 and float16/bfloat16 products
-are exact in float32 (the error is float32 rounding of the scores, exponentials and sums).
-
-Inputs come the way the encoder produces them: ``[B, N, H, hd]`` projections viewed as
-``[B, H, N, hd]`` (token-major, not contiguous). The Triton tests run through Triton's interpreter
-on CPU tensors (a subprocess with ``TRITON_INTERPRET=1`` on a machine with CUDA) on a subset of
-the shapes that still covers every ``N`` and ``hd``, and on the GPU under the ``cuda`` marker.
+Every backend is held to the float64 evaluation of ``importance_cases.py`` (``rtol = 2e-5``,
+``atol = 1e-9`` for all three input dtypes) on the encoder's token-major layout. The Triton tests
+run through Triton's interpreter on CPU tensors (a subprocess with ``TRITON_INTERPRET=1`` on a
+machine with CUDA) on a subset of the shapes that still covers every ``N`` and ``hd``, and on the
+GPU under the ``cuda`` marker. The CUDA C++ backend has its own files
+(``test_attention_importance_cuda.py``, ``test_attention_importance_cuda_emulated.py``).
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import subprocess
@@ -24,51 +20,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import visionzip_kernels.backends
+from importance_cases import ATOL, DTYPES, HEAD_DIMS, RTOL, TOKENS, check_parity, make_case
 from visionzip_kernels import attention_importance
 from visionzip_kernels.backends import triton_interpreter_on
 from visionzip_kernels.ops.attention_importance import available_backends
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-TOKENS = (5, 65, 577, 729, 1025)
-HEAD_DIMS = (64, 72, 80, 128)
-RTOL, ATOL = 2e-5, 1e-9
 INTERPRETED = triton_interpreter_on()
 CPU_BACKENDS = ("reference", "blockwise", "triton") if INTERPRETED else ("reference", "blockwise")
-
-
-def batch_heads(n_tokens: int) -> tuple[int, int]:
-    """Two images of three heads, one image of two heads at N = 1025."""
-    return (1, 2) if n_tokens > 1000 else (2, 3)
-
-
-@functools.lru_cache(maxsize=None)
-def make_case(batch: int, heads: int, n_tokens: int, head_dim: int, dtype: torch.dtype, seed: int = 0):
-    """Seeded q, k ``[B, H, N, hd]`` (token-major views) and the float64 truth.
-
-    Returns ``(q, k, exact_cls, exact_mean, lse)``: the CLS row and the column mean ``[B, H, N]``
-    float64, and the per-row log-sum-exp ``[B, H, N]`` float32, all from the rounded inputs.
-    Scores have a standard deviation of about 2, so the softmax rows are far from uniform.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    q, k = (
-        torch.randn(batch, n_tokens, heads, head_dim, generator=gen).mul(1.4).to(dtype).transpose(1, 2)
-        for _ in range(2)
-    )
-    scores = q.double() @ k.double().transpose(-1, -2) * head_dim**-0.5
-    probs = scores.softmax(dim=-1)
-    return q, k, probs[:, :, 0], probs.mean(dim=2), torch.logsumexp(scores, dim=-1).float()
-
-
-def check_parity(backend, device, n_tokens, head_dim, dtype, has_cls, with_lse, shape=None):
-    batch, heads = shape or batch_heads(n_tokens)
-    q, k, exact_cls, exact_mean, lse = make_case(batch, heads, n_tokens, head_dim, dtype)
-    q, k, lse = q.to(device), k.to(device), lse.to(device)
-    out = attention_importance(q, k, has_cls, lse=lse if with_lse else None, backend=backend)
-    assert out.dtype == torch.float32
-    assert out.shape == (batch, heads, n_tokens)
-    assert out.device == q.device
-    exact = exact_cls if has_cls else exact_mean
-    torch.testing.assert_close(out.cpu().double(), exact, rtol=RTOL, atol=ATOL)
 
 
 CPU_PARITY = [
@@ -220,7 +178,9 @@ BAD_INPUTS = [
     ("lse rank", dict(lse=torch.zeros(2, 3, 9, 1)), ValueError, r"`lse` must be \[B, H, N\]"),
     ("lse dtype", dict(lse=torch.zeros(2, 3, 9, dtype=torch.float16)), ValueError, "`lse` must be float32"),
     ("lse device", dict(lse=torch.zeros(2, 3, 9, device="meta")), ValueError, "`lse` is on meta"),
-    ("backend name", dict(backend="cuda"), ValueError, "`backend` must be one of"),
+    ("backend name", dict(backend="gpu"), ValueError, "`backend` must be one of"),
+    ("backend cuda on cpu", dict(backend="cuda"), ValueError,
+     "backend='cuda' is not available on cpu: it runs on cuda tensors only"),
     ("backend device", dict(q=Q.to("meta"), k=K.to("meta"), backend="triton"), ValueError,
      "backend='triton' is not available on meta"),
 ]

@@ -12,14 +12,23 @@ row (``has_cls=True``) or the mean over all queries of the softmax columns (``ha
   probabilities without a CLS token;
 - ``"blockwise"``: PyTorch over blocks of query rows (``blockwise.py``), any device, never an
   ``N x N`` buffer once ``N > 64``;
+- ``"cuda"``: CUDA C++ kernels (``csrc/attention_importance_cuda.cu``), CUDA tensors, where the
+  extension ``visionzip_kernels._C_cuda`` was built: one kernel for the CLS row, and without a CLS
+  token a row pass (skipped with ``lse``) and a column pass, on tensor cores (float16/bfloat16,
+  ``hd <= 128``) or on CUDA cores (float32, or larger ``hd``);
 - ``"triton"``: two flash-style Triton passes (``triton.py``), CUDA tensors, or CPU tensors through
   Triton's interpreter when ``TRITON_INTERPRET=1`` is set;
-- ``"auto"``: the first of ``available_backends(device)``: ``"blockwise"`` on CPU, ``"triton"``
-  on CUDA.
+- ``"auto"``: the first of ``available_backends(device)``: ``"blockwise"`` on CPU; on CUDA,
+  ``"cuda"`` where the extension is built, else ``"triton"``. No GPU has timed ``"cuda"`` yet: it
+  comes first on the evidence of ``zip_tokens``, whose CUDA C++ backend measured faster than its
+  Triton backend at every batch on an H200 (rows of 2026-11-27, ``zip_tokens_nvidia-h200.csv``;
+  B=1 bf16: 41.8 vs 49.1 us as a CUDA graph, 44.6 vs 171 us eager) with the same launch pattern
+  (one or two kernels launched from C++), and must be confirmed for this op by the rows of
+  ``benchmarks/bench_attention_importance_op.py``.
 
 Accuracy: every backend computes the scores, exponentials and sums in float32 (float16 and
-bfloat16 products are exact in float32; the Triton kernels take float32 products in IEEE float32,
-never TF32), so all three input dtypes agree with a float64 evaluation on the same inputs to
+bfloat16 products are exact in float32; the Triton and CUDA kernels take float32 products in IEEE
+float32, never TF32), so all three input dtypes agree with a float64 evaluation on the same inputs to
 float32 rounding (the tests hold them to ``rtol = 2e-5``). A NaN or infinite query or key that
 enters the softmax makes that head's importance NaN, which ``zip_tokens`` ranks last.
 
@@ -30,16 +39,21 @@ from __future__ import annotations
 import torch
 
 from ... import checks
-from ...backends import OpBackends, on_any_device, on_triton_device
+from ...backends import OpBackends, on_any_device, on_cuda_extension, on_triton_device
 from .blockwise import attention_importance_blockwise
 from .reference import attention_importance as attention_importance_reference
 
 OP = "attention_importance"
 
 BACKENDS = OpBackends(
-    OP, preference={"cpu": ("blockwise", "triton", "reference"), "cuda": ("triton", "blockwise", "reference")}
+    OP,
+    preference={
+        "cpu": ("blockwise", "triton", "reference"),
+        "cuda": ("cuda", "triton", "blockwise", "reference"),
+    },
 )
 BACKENDS.add("blockwise", on_any_device, attention_importance_blockwise)
+BACKENDS.add_op("cuda", on_cuda_extension, "_attention_importance_cuda")
 BACKENDS.add_python_kernel(
     "triton",
     on_triton_device,
@@ -96,7 +110,8 @@ def attention_importance(
     softmax row, otherwise the mean over queries of each softmax column. scale: the softmax scale,
     ``hd ** -0.5`` when ``None``. lse: optional ``[B, H, N]`` float32 log-sum-exp of each query row
     of the scaled scores (as attention kernels return it), which saves the first pass.
-    backend: ``"auto"``, ``"reference"``, ``"blockwise"`` or ``"triton"`` (see the module docstring).
+    backend: ``"auto"``, ``"reference"``, ``"blockwise"``, ``"cuda"`` or ``"triton"`` (see the module
+    docstring).
     """
     has_cls, scale = check_attention_importance_args(q, k, has_cls, scale, lse)
     chosen = BACKENDS.resolve(backend, q.device)
