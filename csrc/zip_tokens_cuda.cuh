@@ -32,7 +32,7 @@ constexpr int kApplyUnroll = 8;
 constexpr int kApplyMaxThreads = 256;
 // Channel lanes of an apply block: 8 x 16-byte vectors or 32 scalars, 64-128 bytes of each row.
 constexpr int apply_channel_lanes(int vec) { return vec > 1 ? 8 : 32; }
-constexpr int32_t kPastEnd = INT32_MIN;  // a list slot beyond a lane's span (headers are -1 - t)
+constexpr int32_t kPastEnd = INT32_MIN;  // a list entry beyond a lane's span (see zip_apply_kernel)
 
 static_assert(kPlanWarps == 32, "block_exclusive_sum scans one warp total per lane of warp 0");
 static_assert(kTokensPerThread * kPlanThreads == kMaxTokens, "kMaxTokens must be a multiple of the block");
@@ -337,28 +337,30 @@ __global__ void __launch_bounds__(kPlanThreads, 1)
   int n_ties = 0;
   if (k_dom > first_candidate) radix_select(key, candidate, k_dom - first_candidate, hist, scratch, threshold, n_ties);
 
-  // Packed counts before each token: greater-than-threshold in the low half, ties in the high half.
-  int packed[kTokensPerThread], local = 0;
+  // Two counts in one int, so that one block scan gives both: candidates above the threshold in the
+  // low 16 bits, candidates tied with it in the high 16 bits (each at most kMaxTokens < 2^16).
+  int count_pair[kTokensPerThread], thread_pairs = 0;
 #pragma unroll
   for (int i = 0; i < kTokensPerThread; ++i) {
-    packed[i] = candidate[i] ? static_cast<int>(key[i] > threshold) + (static_cast<int>(key[i] == threshold) << 16) : 0;
-    local += packed[i];
+    count_pair[i] =
+        candidate[i] ? static_cast<int>(key[i] > threshold) + (static_cast<int>(key[i] == threshold) << 16) : 0;
+    thread_pairs += count_pair[i];
   }
-  int before = block_exclusive_sum(local, scratch);
+  int pairs_before = block_exclusive_sum(thread_pairs, scratch);  // both counts over the tokens before j
 #pragma unroll
   for (int i = 0; i < kTokensPerThread; ++i) {
     const int j = first_token + i;
     if (i < per_thread && j < n_tokens) {
-      const int ties_before = before >> 16;
+      const int ties_before = pairs_before >> 16;
       const bool dominant = !candidate[i] || key[i] > threshold || (key[i] == threshold && ties_before < n_ties);
-      const int rank = static_cast<int>(shape.has_cls && j > 0) + (before & 0xFFFF) + min(ties_before, n_ties);
+      const int rank = static_cast<int>(shape.has_cls && j > 0) + (pairs_before & 0xFFFF) + min(ties_before, n_ties);
       if (dominant) {
         dominant_idx[b * k_dom + rank] = j;
         image_plan[rank] = j;
       } else {
         rem_tok[j - rank] = static_cast<int16_t>(j);
       }
-      before += packed[i];
+      pairs_before += count_pair[i];
     }
   }
   __syncthreads();
@@ -456,9 +458,11 @@ __global__ void __launch_bounds__(kPlanThreads, 1)
   __syncthreads();
   const int targets_per_thread = (n_targets + kPlanThreads - 1) / kPlanThreads;
   const int first_target = threadIdx.x * targets_per_thread;
-  local = 0;
-  for (int t = first_target; t < min(n_targets, first_target + targets_per_thread); ++t) local += member_count[t] + 1;
-  int group_start = block_exclusive_sum(local, scratch);
+  int thread_entries = 0;  // list entries of this thread's groups: a header and the members of each
+  for (int t = first_target; t < min(n_targets, first_target + targets_per_thread); ++t) {
+    thread_entries += member_count[t] + 1;
+  }
+  int group_start = block_exclusive_sum(thread_entries, scratch);
   for (int t = first_target; t < min(n_targets, first_target + targets_per_thread); ++t) {
     image_plan[k_dom + group_start] = -1 - t;
     image_plan[n_tokens + t] = rem_tok[t * step];
@@ -482,27 +486,52 @@ __global__ void __launch_bounds__(kPlanThreads, 1)
   }
 }
 
-// Apply kernel: block = (image b, block of kLanesC * VEC channels); kLanesC channel lanes x
-// blockDim.x / kLanesC token lanes. Writes tokens[b] (contiguous [B, k_dom + k_ctx, D]) from
-// hidden (any batch and token strides; VEC > 1 needs unit channel stride and 16-byte alignment):
-//   - dominant rows copied bit for bit;
-//   - contextual row t = float(hidden[target_t]) + sum / count, rounded once, where sum is the
-//     float32 sum of the merge rows of group t in plan order. The grouped list is split into equal
-//     contiguous spans, one per token lane; a lane sums its rows, writes the groups that open and
-//     close inside its span, and passes partial sums of groups cut at span edges through shared
-//     memory to the lane where the group opened, which adds them in lane order. The summation
-//     order therefore depends only on the geometry: the output is deterministic.
+// Apply kernel: block = (image b, block of kLanesC * VEC channels); threads = kLanesC channel lanes
+// x token_lanes = blockDim.x / kLanesC token lanes. Writes tokens[b] (contiguous [B, k_dom + k_ctx,
+// D]) from hidden (any batch and token strides; VEC > 1 needs unit channel stride and 16-byte
+// alignment), reading the plan that zip_plan_kernel laid out.
+//
+// Dominant rows: token lane l copies output rows l, l + token_lanes, ... bit for bit, kApplyUnroll
+// rows loaded together.
+//
+// Contextual rows: row t = float(hidden[target_t]) + sum_t / count_t, rounded once, where sum_t is
+// the float32 sum of the merge rows of target t (hidden[target_t] alone where count_t = 0). The plan
+// lists the M remaining tokens grouped by target, in plan[b][k_dom, N): for t = 0, 1, ..., k_ctx - 1
+// a header entry -1 - t (negative), then the token indices (>= 0) of t's merge tokens in index
+// order; count_t is stored apart, in plan[b][N + k_ctx + t]. With k_ctx = 3, for example:
+//     -1 12 40 | -2 | -3 7 9 31 60       (group 0: two rows, group 1: none, group 2: four)
+//
+// Segmented sum. The list is cut into token_lanes equal contiguous spans, one per token lane, so
+// that every lane reads about as many rows whatever the group sizes. A lane walks its span once,
+// kApplyUnroll entries at a time: the entries before the next header (or the span's end) are loaded
+// together, then added to `acc` in list order. Entries past the span's end read as kPastEnd
+// (INT32_MIN): negative, so it ends a batch as a header does, but it is never opened as a group.
+//   - A group whose header lies in a lane's span is that lane's: when the lane meets the next header
+//     inside its span, the group is complete, and the lane writes it (write_group).
+//   - The rows at the start of a span, before its first header, belong to a group opened in an
+//     earlier span. The lane leaves their partial sum in shared memory, carry[lane], and records in
+//     carry_state[lane] how its span meets that group:
+//       kNoCarry      nothing to hand over: the span is empty, or starts with a header;
+//       kCarryCloses  the span holds the group's last rows, then a header: the group ends here;
+//       kCarryPasses  the span holds no header: the group runs through it, and maybe further.
+//   - A lane whose last group is still open at its span's end, the next entry being a merge row
+//     (`tail_open`), finishes it after the __syncthreads(): it walks the following lanes in order,
+//     adding the carry of each that reports kCarryPasses and of the first that reports kCarryCloses,
+//     where it stops (as at a kNoCarry lane, which adds nothing), then writes the group.
+// Every group is written once, by the lane that holds its header; its sum is that lane's rows in list
+// order, then the carries in lane order. The order depends only on the plan and the block's shape,
+// so the output is deterministic (the contract leaves the order of the merge sums free).
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kApplyMaxThreads, 2)
     zip_apply_kernel(HiddenInput<T> hidden, ApplyShape shape, const int32_t* plan, T* tokens) {
   constexpr int kLanesC = apply_channel_lanes(VEC);
   constexpr int kBlockChannels = kLanesC * VEC;
-  constexpr int kNoHead = 0, kHeadEnds = 1, kHeadContinues = 2;  // how a lane's span starts
+  constexpr int kNoCarry = 0, kCarryCloses = 1, kCarryPasses = 2;  // carry_state values, see above
   using Vec = Pack<T, VEC>;
   extern __shared__ __align__(16) unsigned char smem[];
   const int token_lanes = blockDim.x / kLanesC;
   auto* carry = reinterpret_cast<float*>(smem);                         // [token_lanes][kBlockChannels]
-  auto* carry_kind = reinterpret_cast<int*>(carry + token_lanes * kBlockChannels);  // [token_lanes]
+  auto* carry_state = reinterpret_cast<int*>(carry + token_lanes * kBlockChannels);  // [token_lanes]
   const int lane_c = threadIdx.x % kLanesC, lane_t = threadIdx.x / kLanesC;
   const int64_t b = blockIdx.x / shape.channel_blocks;
   const int channel = (blockIdx.x % shape.channel_blocks) * kBlockChannels + lane_c * VEC;
@@ -549,7 +578,7 @@ __global__ void __launch_bounds__(kApplyMaxThreads, 2)
   const int begin = min(n_rem, lane_t * span), end = min(n_rem, begin + span);
   float acc[VEC] = {};
   int open_group = -1;  // a group whose header lies in this span
-  int kind = kNoHead;
+  int state = kNoCarry;
   for (int i = begin; i < end;) {
     // Up to kApplyUnroll merge rows before the next header (or the span's end), loaded together.
     int32_t entry[kApplyUnroll];
@@ -583,7 +612,7 @@ __global__ void __launch_bounds__(kApplyMaxThreads, 2)
     } else if (i > begin) {
 #pragma unroll
       for (int v = 0; v < VEC; ++v) carry[lane_t * kBlockChannels + lane_c * VEC + v] = acc[v];
-      kind = kHeadEnds;
+      state = kCarryCloses;
     }
     open_group = -1 - header;
 #pragma unroll
@@ -597,17 +626,17 @@ __global__ void __launch_bounds__(kApplyMaxThreads, 2)
   } else if (begin < end) {
 #pragma unroll
     for (int v = 0; v < VEC; ++v) carry[lane_t * kBlockChannels + lane_c * VEC + v] = acc[v];
-    kind = kHeadContinues;
+    state = kCarryPasses;
   }
-  if (lane_c == 0) carry_kind[lane_t] = kind;
+  if (lane_c == 0) carry_state[lane_t] = state;
   __syncthreads();
   if (tail_open) {
     for (int lane = lane_t + 1; lane < token_lanes; ++lane) {
-      const int next = carry_kind[lane];
-      if (next == kNoHead) break;
+      const int next = carry_state[lane];
+      if (next == kNoCarry) break;
 #pragma unroll
       for (int v = 0; v < VEC; ++v) acc[v] += carry[lane * kBlockChannels + lane_c * VEC + v];
-      if (next == kHeadEnds) break;
+      if (next == kCarryCloses) break;
     }
     write_group(open_group, acc);
   }
