@@ -146,7 +146,7 @@ def visionzip_features(
     keys=key, has_cls)`` on ``hidden_states[layer]`` (``run_to_layer``; the penultimate layer by
     default). ``backend`` is
     ``zip_tokens``'s; ``attention_importance`` runs the backend of the same name where it has one
-    (``"reference"``, ``"cpu"``, ``"triton"``) and its automatic choice otherwise.
+    (``"reference"``, ``"triton"``, ``"cuda"``) and its automatic choice otherwise.
     """
     outputs = run_to_layer(model, pixel_values, layer)
     has_cls = has_cls_token(model)
