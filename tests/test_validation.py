@@ -117,3 +117,16 @@ def test_unknown_backend():
 def test_cuda_backend_on_cpu_tensors():
     with pytest.raises(ValueError, match="backend='cuda' is not available on cpu"):
         vz.zip_tokens(**good_args(), backend="cuda")
+
+
+@pytest.mark.parametrize(
+    "hidden, attn, k_dom, k_ctx, message",
+    [
+        (torch.randn(1, 4, 2), torch.rand(1, 0, 4), 2, 1, "`attn` must have H >= 1"),
+        (torch.randn(1, 5, 2), torch.rand(1, 5), 4, 3, r"`k_dom` \+ `k_ctx` must be <= N=5"),
+    ],
+)
+def test_the_triton_backend_op_validates_its_inputs(hidden, attn, k_dom, k_ctx, message):
+    """`torch.ops.visionzip._zip_tokens_triton` is public too: a bad input is refused, never launched."""
+    with pytest.raises(ValueError, match=message):
+        torch.ops.visionzip._zip_tokens_triton(hidden, attn, k_dom, k_ctx, None, True)

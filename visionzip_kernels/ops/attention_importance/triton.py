@@ -113,8 +113,12 @@ def attention_importance_triton(
 ) -> torch.Tensor:
     """Importance ``[B, H, N]`` float32; q, k ``[B, H, N, hd]``, lse ``None`` or ``[B, H, N]``.
 
-    Runs both passes (the first only without ``lse``) on arguments validated by ``op.py``.
+    ``op.py``'s validation (the op is public through ``torch.ops``), then both passes (the first
+    only without ``lse``).
     """
+    from .op import check_attention_importance_args
+
+    has_cls, scale = check_attention_importance_args(q, k, has_cls, scale, lse)
     batch, heads, n_tokens, head_dim = q.shape
     n_queries = 1 if has_cls else n_tokens
     block_m = BLOCK_CLS_QUERY if n_queries == 1 else BLOCK_QUERIES

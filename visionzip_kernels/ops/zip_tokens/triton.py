@@ -147,6 +147,10 @@ def launch_zip_tokens(hidden, attn, k_dom, k_ctx, keys, has_cls, config: LaunchC
 
 
 def zip_tokens_triton(hidden, attn, k_dom: int, k_ctx: int, keys=None, has_cls: bool = True):
-    """``visionzip::_zip_tokens_triton`` on arguments validated by ``op.py``."""
+    """``visionzip::_zip_tokens_triton``: ``op.py``'s validation, then both launches (the op is
+    public through ``torch.ops``, and no input may reach a kernel that cannot handle it)."""
+    from .op import check_zip_tokens_args
+
+    k_dom, k_ctx, has_cls = check_zip_tokens_args(hidden, attn, k_dom, k_ctx, keys, has_cls)
     config = launch_config(hidden.device, *(int(size) for size in hidden.shape), int(k_ctx))
     return launch_zip_tokens(hidden, attn, k_dom, k_ctx, keys, has_cls, config)
