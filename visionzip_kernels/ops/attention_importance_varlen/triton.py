@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..attention_importance.triton import _tile
 from ..triton_math import dot_f32, helper
 
 # 64 x 64 score tiles, as attention_importance's kernels: tensor-core sized, and a tile of q, k and
@@ -62,24 +63,17 @@ def _row_lse_kernel(
     offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < total
-    dim_ok = offs_d < head_dim
     lo, hi = _segment_bounds(cu_ptr, n_segments, offs_m, total)
     first_key = tl.min(tl.where(row_ok, lo, total), axis=0)
     last_key = tl.max(tl.where(row_ok, hi, 0), axis=0)
 
-    q = tl.load(
-        q_ptr + head * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
-        mask=row_ok[:, None] & dim_ok[None, :], other=0.0,
-    )
+    q = _tile(q_ptr + head * stride_qh, offs_m, total, stride_qt, offs_d, head_dim, stride_qd)
     k_base = k_ptr + head * stride_kh
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)
     for start in range(first_key, last_key, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        k = tl.load(
-            k_base + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd,
-            mask=(offs_n < last_key)[:, None] & dim_ok[None, :], other=0.0,
-        )
+        k = _tile(k_base, offs_n, last_key, stride_kt, offs_d, head_dim, stride_kd)
         in_segment = (offs_n[None, :] >= lo[:, None]) & (offs_n[None, :] < hi[:, None])
         scores = dot_f32(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32)) * scale
         scores = tl.where(in_segment, scores, float("-inf"))
@@ -107,25 +101,18 @@ def _column_sum_kernel(
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     key_ok = offs_n < total
-    dim_ok = offs_d < head_dim
     lo, hi = _segment_bounds(cu_ptr, n_segments, offs_n, total)
     first_query = tl.min(tl.where(key_ok, lo, total), axis=0)
     last_query = tl.max(tl.where(key_ok, hi, 0), axis=0)
 
-    k = tl.load(
-        k_ptr + head * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd,
-        mask=key_ok[:, None] & dim_ok[None, :], other=0.0,
-    )
+    k = _tile(k_ptr + head * stride_kh, offs_n, total, stride_kt, offs_d, head_dim, stride_kd)
     q_base = q_ptr + head * stride_qh
     lse_base = lse_ptr + head * stride_lh
     column_sum = tl.zeros([BLOCK_N], tl.float32)
     for start in range(first_query, last_query, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         row_ok = offs_m < last_query
-        q = tl.load(
-            q_base + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
-            mask=row_ok[:, None] & dim_ok[None, :], other=0.0,
-        )
+        q = _tile(q_base, offs_m, last_query, stride_qt, offs_d, head_dim, stride_qd)
         row_lse = tl.load(lse_base + offs_m * stride_lt, mask=row_ok, other=0.0)
         in_segment = (offs_m[:, None] >= lo[None, :]) & (offs_m[:, None] < hi[None, :])
         scores = dot_f32(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32)) * scale
