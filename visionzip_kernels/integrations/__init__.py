@@ -28,6 +28,7 @@ count) are replaced, on the given instances. Module by module:
 - ``llava.py``, ``llava_next.py``: the replaced LLaVA methods (and LLaVA-NeXT's token layout);
 - ``llava_onevision.py``: the replaced LLaVA-OneVision methods, images per crop and videos per
   frame, and their token counts;
+- ``graphs.py``: ``cuda_graphs=True``, the vision path as CUDA-graph replays (a bounded LRU cache);
 - ``vision_model.py``: the replaced ``forward`` of a bare vision model, and ``VisionZipOutput``,
   what every replaced method returns;
 - ``processor.py``: the replaced processor methods;

@@ -20,6 +20,7 @@ from transformers import (
 
 from .budget import make_budget
 from .encoder import VISION_MODELS
+from .graphs import checked_graph_cache_size
 from .handle import VisionZipHandle
 from .llava import patch_llava
 from .llava_next import patch_llava_next
@@ -47,7 +48,8 @@ QWEN_FAMILIES = (QWEN2_5_VL, QWEN3_VL)
 def _multimodal_parts(model):
     """``(inner model, processor class, model patcher, processor patcher)`` for a LLaVA model.
 
-    ``None`` for any other model.
+    The model patcher is called as ``patch(inner, budget, graph_cache_size)``. ``None`` for any
+    other model.
     """
     if isinstance(model, (LlavaForConditionalGeneration, LlavaModel)):
         inner = model.model if isinstance(model, LlavaForConditionalGeneration) else model
@@ -57,12 +59,34 @@ def _multimodal_parts(model):
         return inner, LlavaNextProcessor, patch_llava_next, patch_llava_next_processor
     if isinstance(model, (LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel)):
         inner = model.model if isinstance(model, LlavaOnevisionForConditionalGeneration) else model
-        return inner, LlavaOnevisionProcessor, patch_llava_onevision, patch_llava_onevision_processor
+        return inner, LlavaOnevisionProcessor, _patch_llava_onevision, patch_llava_onevision_processor
     return None
 
 
+def _refuse_graphs(graph_cache: int | None, model) -> None:
+    """``cuda_graphs=True`` captures LLaVA's and LLaVA-NeXT's vision path only: refuse it elsewhere."""
+    if graph_cache is not None:
+        raise ValueError(
+            "apply_visionzip: `cuda_graphs=True` captures the vision path of LLaVA and LLaVA-NeXT "
+            f"models only, not of a {type(model).__name__} (whose images and frames vary in "
+            "number and size); leave it False"
+        )
+
+
+def _patch_llava_onevision(inner, budget, graph_cache: int | None) -> list:
+    _refuse_graphs(graph_cache, inner)
+    return patch_llava_onevision(inner, budget)
+
+
 def apply_visionzip(
-    model, processor=None, *, dominant=None, contextual=None, backend: str = "auto"
+    model,
+    processor=None,
+    *,
+    dominant=None,
+    contextual=None,
+    backend: str = "auto",
+    cuda_graphs: bool = False,
+    graph_cache_size: int = 8,
 ) -> VisionZipHandle:
     """Make ``model`` (and ``processor``) use VisionZip's ``dominant + contextual`` visual tokens.
 
@@ -87,6 +111,10 @@ def apply_visionzip(
         an int or a float fraction (``max(int(f T), 1)``); default 0.05.
     backend: the ``zip_tokens`` backend (``"auto"`` picks the fastest for the tensors' device);
         ``zip_tokens_varlen``'s for Qwen-VL.
+    cuda_graphs: LLaVA and LLaVA-NeXT only: run the vision path (pixels to projected features) as
+        CUDA graph replays, one graph captured per input signature (``graphs.py``); calls no graph
+        can serve run eagerly, with one warning saying why.
+    graph_cache_size: how many graphs ``cuda_graphs`` keeps (least recently used out first).
 
     Returns a ``VisionZipHandle``; ``handle.remove()`` (or leaving ``with apply_visionzip(...):``)
     restores the model and the processor exactly.
@@ -94,11 +122,14 @@ def apply_visionzip(
     Raises ``TypeError`` for an unsupported model, vision tower or processor, ``ValueError`` for a
     budget the encoder cannot meet (``dominant < 1``, ``contextual < 0``, or more tokens than the
     encoder produces), a ``vision_feature_layer`` other than the penultimate layer (for
-    LLaVA-OneVision: other than one encoder layer's output), or a model or processor VisionZip is
-    already applied to.
+    LLaVA-OneVision: other than one encoder layer's output), a ``graph_cache_size`` below 1,
+    ``cuda_graphs`` with a model other than LLaVA / LLaVA-NeXT, or a model or processor VisionZip
+    is already applied to.
     """
+    graph_cache = checked_graph_cache_size(cuda_graphs, graph_cache_size)  # None: no CUDA graphs
     family = next((f for f in QWEN_FAMILIES if isinstance(model, f.model_classes)), None)
     if family is not None:
+        _refuse_graphs(graph_cache, model)
         dominant = 0.65 if dominant is None else dominant
         contextual = 0.05 if contextual is None else contextual
         return apply_qwen_vl(model, processor, family, dominant, contextual, backend)
@@ -116,6 +147,7 @@ def apply_visionzip(
                 "apply_visionzip: `processor` is only used with LLaVA models; the image "
                 f"processor of a {type(model).__name__} needs no change, so pass processor=None"
             )
+        _refuse_graphs(graph_cache, model)
         budget = make_budget(model, dominant, contextual, backend)
         patches = patch_vision_model(model, budget)
         return VisionZipHandle(model, None, budget, patches)
@@ -129,7 +161,7 @@ def apply_visionzip(
     budget = make_budget(inner.vision_tower, dominant, contextual, backend)
     if processor is not None:
         check_processor(processor, processor_class, model, inner.config)
-    patches = patch_model(inner, budget)
+    patches = patch_model(inner, budget, graph_cache)
     if processor is not None:
         try:
             patches += patch_processor(processor, budget)

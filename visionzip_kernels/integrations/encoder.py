@@ -5,10 +5,11 @@ features (the **penultimate** layer in LLaVA, ``hidden_states[-2]``; the last la
 SigLIP tower in LLaVA-OneVision, ``hidden_states[-1]``): that output, the attention its queries
 give the keys, and its keys. The published code gets them from ``output_attentions=True``, which
 forces eager attention in every layer and keeps every layer's ``N x N`` map. Here every layer keeps
-the model's own attention implementation (SDPA/FlashAttention), the layer's queries and keys are
-captured as its projections produce them (forward hooks, no second projection), the layers after
-it are not run at all, and ``attention_importance`` computes what ``zip_tokens`` needs without the
-map.
+the model's own attention implementation (SDPA/FlashAttention), that layer's queries and keys are
+its own ``q_proj``/``k_proj`` applied to its ``layer_norm1`` output (the same kernels on the same
+input as inside the layer, so the same values), the layers after it are not run at all, and
+``attention_importance`` computes what ``zip_tokens`` needs without the map. No hook is registered
+per call, so ``torch.compile`` traces the whole encoder without a graph break.
 
 In transformers 5 the vision transformer is the ``CLIPVisionModel`` / ``SiglipVisionModel``
 itself (``embeddings``, CLIP's ``pre_layrnorm``, ``encoder.layers``); a model that holds one as
@@ -90,38 +91,26 @@ def run_to_layer(model, pixel_values: torch.Tensor, layer: int) -> LayerOutputs:
     pixel_values: ``[B, C, image_size, image_size]``; layer: an index into ``hidden_states``
     (``layer_number``). The layers run with the model's attention implementation; the layers after
     ``layer``, whose outputs VisionZip never uses, are not run. That layer's queries and keys are
-    taken from its ``q_proj``/``k_proj`` outputs by forward hooks, removed afterwards whatever
-    happens.
+    its ``q_proj``/``k_proj`` of its ``layer_norm1`` output: CLIP and SigLIP layers are pre-norm,
+    ``self_attn(layer_norm1(hidden))``, so these are the projections its attention computes (two
+    extra projections of one layer: under ``torch.compile`` the duplicates are merged).
     """
     tower = vision_transformer(model)
     layers = tower.encoder.layers
     number = layer_number(layer, len(layers))
-    attention = layers[number - 1].self_attn
-    captured: dict[str, torch.Tensor] = {}
-
-    def capture(name: str):
-        def hook(module, inputs, output):
-            captured[name] = output
-
-        return hook
-
-    handles = [
-        attention.q_proj.register_forward_hook(capture("query")),
-        attention.k_proj.register_forward_hook(capture("key")),
-    ]
-    try:
-        hidden = tower.embeddings(pixel_values)
-        if isinstance(tower, CLIPVisionModel):
-            hidden = tower.pre_layrnorm(hidden)
-        for encoder_layer in layers[:number]:
-            hidden = encoder_layer(hidden, None)
-    finally:
-        for handle in handles:
-            handle.remove()
+    hidden = tower.embeddings(pixel_values)
+    if isinstance(tower, CLIPVisionModel):
+        hidden = tower.pre_layrnorm(hidden)
+    for encoder_layer in layers[: number - 1]:
+        hidden = encoder_layer(hidden, None)
+    read = layers[number - 1]
+    attention = read.self_attn
+    normed = read.layer_norm1(hidden)
+    query, key = attention.q_proj(normed), attention.k_proj(normed)
     return LayerOutputs(
-        hidden=hidden,
-        query=_heads(captured["query"], attention.num_heads, attention.head_dim),
-        key=_heads(captured["key"], attention.num_heads, attention.head_dim),
+        hidden=read(hidden, None),
+        query=_heads(query, attention.num_heads, attention.head_dim),
+        key=_heads(key, attention.num_heads, attention.head_dim),
         scale=float(attention.scale),
     )
 

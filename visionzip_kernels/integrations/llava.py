@@ -20,7 +20,8 @@ import torch
 
 from .budget import Budget
 from .encoder import visionzip_features
-from .handle import InstancePatch, bind_methods
+from .graphs import GraphRelease, VisionGraphs
+from .handle import bind_methods
 from .vision_model import LANGUAGE_MODEL_OPTIONS, VisionZipOutput, pop_return_dict
 
 
@@ -42,11 +43,12 @@ def check_feature_layer(layer, vision_config, caller: str) -> None:
         )
 
 
-def project_zipped(llava_model, pixel_values: torch.Tensor, budget: Budget):
+def project_zipped(llava_model, pixel_values: torch.Tensor, *, budget: Budget):
     """Zip each crop of ``pixel_values`` ``[C, 3, H, W]`` and project it into the text width.
 
     Returns ``(tokens [C, t, D_vision], dominant_idx [C, dominant], features [C, t, D_text])``
-    with ``t = budget.tokens``.
+    with ``t = budget.tokens``. This is the vision path that ``cuda_graphs=True`` captures
+    (``graphs.py``); the replaced methods call it as ``project(llava_model, pixel_values)``.
     """
     tokens, dominant_idx = visionzip_features(
         llava_model.vision_tower,
@@ -65,7 +67,7 @@ def get_image_features(
     vision_feature_select_strategy=None,
     image_sizes=None,
     *,
-    budget: Budget,
+    project,
     **kwargs,
 ):
     """The replacement ``LlavaModel.get_image_features``: ``[B, 3, H, W]`` pixels -> features.
@@ -73,7 +75,8 @@ def get_image_features(
     Returns a ``VisionZipOutput``: ``pooler_output`` is the list of ``B`` projected features
     ``[dominant + contextual, D_text]`` the model merges into the placeholders;
     ``last_hidden_state`` ``[B, dominant + contextual, D_vision]`` the zipped tokens before the
-    projector; ``dominant_idx`` ``[B, dominant]``. ``vision_feature_select_strategy`` is accepted
+    projector; ``dominant_idx`` ``[B, dominant]``. ``project`` is ``project_zipped`` with the budget
+    bound, or its ``VisionGraphs``. ``vision_feature_select_strategy`` is accepted
     and ignored (see the module docstring); ``return_dict=False`` returns the output's tuple.
     ``output_attentions``/``output_hidden_states``, which the model's ``forward`` passes on from its
     own arguments for the language model, are accepted; the output holds no vision-layer ones.
@@ -87,23 +90,34 @@ def get_image_features(
             "VisionZip does not support; CLIP and SigLIP towers take fixed-size images"
         )
     return_dict = pop_return_dict(kwargs, caller, ignored=LANGUAGE_MODEL_OPTIONS)
-    tokens, dominant_idx, features = project_zipped(llava_model, pixel_values, budget)
+    tokens, dominant_idx, features = project(llava_model, pixel_values)
     output = VisionZipOutput(
         last_hidden_state=tokens, pooler_output=list(features), dominant_idx=dominant_idx
     )
     return output.to_tuple() if return_dict is False else output
 
 
-def patch_image_features(llava_model, budget: Budget, image_features) -> list[InstancePatch]:
+def patch_image_features(
+    llava_model, budget: Budget, image_features, graph_cache_size: int | None = None
+) -> list:
     """Replace ``get_image_features`` on a ``LlavaModel``/``LlavaNextModel`` instance with
-    ``image_features`` (which takes ``budget``); the patch undoes it."""
+    ``image_features`` (which takes ``project``); the patches undo it.
+
+    With ``graph_cache_size`` the vision path runs through a ``VisionGraphs`` of that many graphs,
+    and the last patch frees them.
+    """
     check_feature_layer(
         llava_model.config.vision_feature_layer, llava_model.config.vision_config, "apply_visionzip"
     )
-    methods = {"get_image_features": functools.partial(image_features, budget=budget)}
-    return bind_methods(llava_model, methods, owner_arg="model")
+    project = functools.partial(project_zipped, budget=budget)
+    releases = []
+    if graph_cache_size is not None:
+        project = VisionGraphs(project, graph_cache_size)
+        releases.append(GraphRelease(project))
+    methods = {"get_image_features": functools.partial(image_features, project=project)}
+    return bind_methods(llava_model, methods, owner_arg="model") + releases
 
 
-def patch_llava(llava_model, budget: Budget) -> list[InstancePatch]:
-    """Replace ``get_image_features`` on the ``LlavaModel`` instance; the patch undoes it."""
-    return patch_image_features(llava_model, budget, get_image_features)
+def patch_llava(llava_model, budget: Budget, graph_cache_size: int | None = None) -> list:
+    """Replace ``get_image_features`` on the ``LlavaModel`` instance; the patches undo it."""
+    return patch_image_features(llava_model, budget, get_image_features, graph_cache_size)

@@ -33,9 +33,20 @@ from transformers.image_processing_utils import select_best_resolution
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from .budget import Budget
-from .handle import InstancePatch
-from .llava import check_feature_layer, patch_image_features, project_zipped
+from .llava import check_feature_layer, patch_image_features
 from .vision_model import LANGUAGE_MODEL_OPTIONS, VisionZipOutput, pop_return_dict
+
+
+def host_image_sizes(image_sizes) -> list[tuple[int, int]]:
+    """``image_sizes`` (a ``[B, 2]`` tensor or array, or ``(height, width)`` pairs) as Python ints.
+
+    The crop counts these sizes decide are host values (they size the split of the features), so
+    a tensor is read once here: one device read, and under ``torch.compile`` one graph break,
+    where tracing each size through ``select_best_resolution`` would guard on data-dependent values.
+    """
+    if hasattr(image_sizes, "tolist"):
+        image_sizes = image_sizes.tolist()
+    return [(int(height), int(width)) for height, width in image_sizes]
 
 
 def crop_grid(image_size, grid_pinpoints, crop_height: int, crop_width: int) -> tuple[int, int]:
@@ -69,6 +80,26 @@ def pack_image(crops: torch.Tensor, rows: int, cols: int, newline: torch.Tensor)
     return torch.cat([base, torch.cat([crop_rows, newlines], dim=1).flatten(0, 1)], dim=0)
 
 
+def crop_grids(config, image_sizes, caller: str) -> list[tuple[int, int]]:
+    """The ``(rows, cols)`` crop grid of each image of ``image_sizes`` under ``config``.
+
+    Raises ``ValueError`` where the image processor cuts a number of crops (LLaVA-NeXT's
+    ``image_size_to_num_patches``) that is not ``1 + rows * cols``.
+    """
+    crop_size = config.vision_config.image_size
+    grids = []
+    for size in host_image_sizes(image_sizes):
+        rows, cols = crop_grid(size, config.image_grid_pinpoints, crop_size, crop_size)
+        crops = image_size_to_num_patches(size, config.image_grid_pinpoints, crop_size)
+        if rows * cols != crops - 1:
+            raise ValueError(
+                f"{caller}: an image of size {size} has {crops - 1} high-resolution crops, not "
+                f"the {rows} x {cols} grid its `image_grid_pinpoints` give"
+            )
+        grids.append((rows, cols))
+    return grids
+
+
 def get_image_features(
     llava_model,
     pixel_values: torch.Tensor,
@@ -76,7 +107,7 @@ def get_image_features(
     vision_feature_layer=None,
     vision_feature_select_strategy=None,
     *,
-    budget: Budget,
+    project,
     **kwargs,
 ):
     """The replacement ``LlavaNextModel.get_image_features``.
@@ -93,11 +124,8 @@ def get_image_features(
     if vision_feature_layer is not None:
         check_feature_layer(vision_feature_layer, config.vision_config, caller)
     return_dict = pop_return_dict(kwargs, caller, ignored=LANGUAGE_MODEL_OPTIONS)
-    crop_size = config.vision_config.image_size
-    num_crops = [
-        image_size_to_num_patches(size, config.image_grid_pinpoints, crop_size)
-        for size in image_sizes
-    ]
+    grids = crop_grids(config, image_sizes, caller)
+    num_crops = [1 + rows * cols for rows, cols in grids]
     if pixel_values.dim() == 5:
         pixel_values = torch.cat(
             [pixels[:count] for pixels, count in zip(pixel_values, num_crops)], dim=0
@@ -107,24 +135,23 @@ def get_image_features(
             f"{caller}: `pixel_values` must be [B, crops, 3, H, W] or [crops, 3, H, W], "
             f"got shape {tuple(pixel_values.shape)}"
         )
+    if pixel_values.shape[0] != sum(num_crops):
+        raise ValueError(
+            f"{caller}: `pixel_values` holds {pixel_values.shape[0]} crops, but `image_sizes` and "
+            f"`image_grid_pinpoints` give {sum(num_crops)} ({num_crops} per image)"
+        )
 
-    tokens, dominant_idx, features = project_zipped(llava_model, pixel_values, budget)
-    image_features = []
-    for size, crops in zip(image_sizes, torch.split(features, num_crops, dim=0)):
-        rows, cols = crop_grid(size, config.image_grid_pinpoints, crop_size, crop_size)
-        if rows * cols != crops.shape[0] - 1:
-            raise ValueError(
-                f"{caller}: an image of size {tuple(int(s) for s in size)} has "
-                f"{crops.shape[0] - 1} high-resolution crops, not the {rows} x {cols} grid its "
-                "`image_grid_pinpoints` give"
-            )
-        image_features.append(pack_image(crops, rows, cols, llava_model.image_newline))
+    tokens, dominant_idx, features = project(llava_model, pixel_values)
+    image_features = [
+        pack_image(crops, rows, cols, llava_model.image_newline)
+        for crops, (rows, cols) in zip(torch.split(features, num_crops, dim=0), grids)
+    ]
     output = VisionZipOutput(
         last_hidden_state=tokens, pooler_output=image_features, dominant_idx=dominant_idx
     )
     return output.to_tuple() if return_dict is False else output
 
 
-def patch_llava_next(llava_model, budget: Budget) -> list[InstancePatch]:
-    """Replace ``get_image_features`` on the ``LlavaNextModel`` instance; the patch undoes it."""
-    return patch_image_features(llava_model, budget, get_image_features)
+def patch_llava_next(llava_model, budget: Budget, graph_cache_size: int | None = None) -> list:
+    """Replace ``get_image_features`` on the ``LlavaNextModel`` instance; the patches undo it."""
+    return patch_image_features(llava_model, budget, get_image_features, graph_cache_size)
