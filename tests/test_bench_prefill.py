@@ -21,6 +21,7 @@ sys.path.insert(0, str(BENCHMARKS))
 from prefill.geometry import tiny_geometries  # noqa: E402
 from prefill.models import build_models  # noqa: E402
 from prefill.pipelines import encoder_stage, run_chain, zip_stage  # noqa: E402
+from prefill.timing import TINY_POLICY  # noqa: E402
 
 PIPELINES = {"full", "published", "visionzip_kernels"}
 FULL_STAGES = {"encoder", "projector", "lm_prefill", "ttft"}
@@ -53,6 +54,8 @@ def test_rows_are_tiny_and_measured(tiny_run):
     assert {row["cuda_graph"] for row in rows} == {"no"}
     for row in rows:
         assert float(row["p20_ms"]) <= float(row["median_ms"]) <= float(row["p80_ms"])
+        assert float(row["round_min_ms"]) <= float(row["median_ms"]) <= float(row["round_max_ms"])
+        assert int(row["rounds"]) == TINY_POLICY.rounds, "every measurement is timed in interleaved rounds"
         assert row["device"] and row["torch"] and row["transformers"] and row["commit"]
 
 

@@ -1,15 +1,19 @@
 """Measures one model geometry at one batch size: every pipeline, budget and stage, as rows.
 
-Per pipeline, in this order:
-1. time to first token for each budget, the whole chain from pixels, measured first so that only
-   the weights and the pixels are resident: its peak memory is the pipeline's peak;
+First every measurement is planned, per pipeline in this order:
+1. time to first token for each budget, the whole chain from pixels; the peak memory of every
+   pipeline's chain is taken before anything else is planned, with only the weights and the
+   pixels resident, so that it is the pipeline's peak;
 2. the encoder stage (budget-independent for the two VisionZip pipelines);
 3. from the encoder's output, zip (VisionZip pipelines), projector and LM prefill for each budget.
-Each is timed eagerly and, where asked and possible, as a CUDA-graph replay (a row either way).
-An out-of-memory error becomes a row with status ``oom`` and the run goes on.
+Each is planned eagerly and, where asked and possible, as a CUDA-graph replay (captured while
+planning). Then all of them are timed together, interleaved (``Timer.interleave``): the pipelines
+are compared within each round, not one after another.
+A measurement that cannot be made (out of memory, no graph) becomes a row saying so.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
@@ -21,7 +25,7 @@ from .geometry import Budget, ModelGeometry
 from .models import Models, prompt_ids
 from .pipelines import Stage, encoder_stage, run_chain, stages_after_encoder
 from .rows import FULL, PACKAGE, PIPELINES, PUBLISHED, TTFT
-from .timing import GraphCaptureError, Memory, Timer, Timing
+from .timing import GraphCaptureError, Memory, Timer, timing_fields
 
 
 def _zip_impl(pipeline: str, device: torch.device) -> str:
@@ -32,48 +36,60 @@ def _zip_impl(pipeline: str, device: torch.device) -> str:
     return "published_zip_tokens[eager torch]" if pipeline == PUBLISHED else ""
 
 
-def _timing_fields(timing: Timing) -> dict:
-    return {
-        "median_ms": round(timing.median_ms, 4), "p20_ms": round(timing.p20_ms, 4),
-        "p80_ms": round(timing.p80_ms, 4), "reps": timing.repeats,
-    }
-
-
 def _memory_fields(memory: Memory | None) -> dict:
     if memory is None:
         return {}
     return {"peak_mib": round(memory.peak_mib, 1), "resident_mib": round(memory.resident_mib, 1)}
 
 
-def _measure_call(timer: Timer, stage: str, fn: Callable, graph_blocker: str, try_graph: bool) -> list[dict]:
-    """Peak memory and eager timing of ``fn``; then, if ``try_graph``, a CUDA-graph row."""
-    memory = timer.memory(fn)
-    eager = {"stage": stage, "cuda_graph": "no", "status": "ok", **_timing_fields(timer.time(fn)),
-             **_memory_fields(memory)}
-    if not try_graph:
-        return [eager]
-    graph = {"stage": stage, "cuda_graph": "yes"}
-    if graph_blocker:
-        return [eager, {**graph, "status": f"not capturable: {graph_blocker}"}]
-    try:
-        return [eager, {**graph, "status": "ok", **_timing_fields(timer.time_graph(fn))}]
-    except GraphCaptureError as error:
-        return [eager, {**graph, "status": f"graph capture failed: {error}"}]
-    except torch.cuda.OutOfMemoryError as error:  # the graph's private pool did not fit beside the cache
-        return [eager, {**graph, "status": _oom_status(error)}]
-
-
 def _oom_status(error: torch.cuda.OutOfMemoryError) -> str:
     return f"oom: {str(error).splitlines()[0][:160]}"
-
-
-def _oom_row(stage: str, error: torch.cuda.OutOfMemoryError) -> dict:
-    return {"stage": stage, "cuda_graph": "no", "status": _oom_status(error)}
 
 
 def _release_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True)
+class TtftCall:
+    """One TTFT measurement before it is planned: its row fields so far, the whole chain from
+    pixels, why no graph can capture it (``""`` if one can) and its peak memory."""
+
+    base: dict
+    chain: Callable[[], object]
+    graph_blocker: str
+    memory: Memory | None
+
+
+@dataclass
+class Planned:
+    """One row: ``call`` to be timed, or ``None`` where the row's ``status`` says why not."""
+
+    row: dict
+    call: Callable[[], object] | None = None
+
+
+def _plan_call(timer: Timer, stage: str, fn: Callable, graph_blocker: str, try_graph: bool,
+               memory: Memory | None) -> list[Planned]:
+    """The eager measurement of ``fn`` (with its peak ``memory``); then, if ``try_graph``, its
+    CUDA-graph replay, captured now."""
+    eager = Planned({"stage": stage, "cuda_graph": "no", "status": "ok", **_memory_fields(memory)}, fn)
+    if not try_graph:
+        return [eager]
+    graph = {"stage": stage, "cuda_graph": "yes"}
+    if graph_blocker:
+        return [eager, Planned({**graph, "status": f"not capturable: {graph_blocker}"})]
+    try:
+        return [eager, Planned({**graph, "status": "ok"}, timer.capture_graph(fn))]
+    except GraphCaptureError as error:
+        return [eager, Planned({**graph, "status": f"graph capture failed: {error}"})]
+    except torch.cuda.OutOfMemoryError as error:  # the graph's private pool did not fit beside the others
+        return [eager, Planned({**graph, "status": _oom_status(error)})]
+
+
+def _oom(stage: str, error: torch.cuda.OutOfMemoryError) -> Planned:
+    return Planned({"stage": stage, "cuda_graph": "no", "status": _oom_status(error)})
 
 
 class ModelMeasurement:
@@ -94,7 +110,23 @@ class ModelMeasurement:
 
     def rows(self) -> list[dict]:
         """Every measurement of every pipeline, each a row without the run environment."""
-        return [row for pipeline in PIPELINES for row in self._pipeline_rows(pipeline)]
+        ttft_calls = {pipeline: [self._ttft_call(pipeline, budget) for budget in self._budgets(pipeline)]
+                      for pipeline in PIPELINES}  # peak memory first, with nothing else resident
+        planned = [entry for pipeline in PIPELINES for entry in self._plan_pipeline(pipeline, ttft_calls[pipeline])]
+        timed = [entry for entry in planned if entry.call is not None]
+        try:
+            timings = self.timer.interleave([entry.call for entry in timed])
+        except torch.cuda.OutOfMemoryError as error:  # graphs held for the rounds left too little
+            for entry in timed:
+                entry.row.update(status=_oom_status(error))
+                entry.call = None
+            timings = []
+        for entry, timing in zip(timed, timings):
+            entry.row.update(timing_fields(timing))
+        rows = [entry.row for entry in planned]
+        del planned, timed
+        _release_memory()
+        return rows
 
     def _base(self, pipeline: str, budget: Budget | None) -> dict:
         geometry = self.geometry
@@ -116,57 +148,72 @@ class ModelMeasurement:
     def _downstream(self, pipeline: str, budget: Budget | None):
         return stages_after_encoder(pipeline, self.models, budget, self.batch, self.system_ids, self.question_ids)
 
-    def _pipeline_rows(self, pipeline: str) -> list[dict]:
-        budgets = [None] if pipeline == FULL else list(self.geometry.budgets)
-        encoder = encoder_stage(pipeline, self.models)
-        rows = []
-        for budget in budgets:
-            rows += self._ttft_rows(pipeline, budget, encoder)
-        rows += self._encoder_rows(pipeline, encoder)
-        for budget in budgets:
-            rows += self._stage_rows(pipeline, budget, encoder)
-        return rows
+    def _budgets(self, pipeline: str) -> list[Budget | None]:
+        return [None] if pipeline == FULL else list(self.geometry.budgets)
 
-    def _ttft_rows(self, pipeline: str, budget: Budget | None, encoder: Stage) -> list[dict]:
-        stages = [encoder, *self._downstream(pipeline, budget)]
+    def _ttft_call(self, pipeline: str, budget: Budget | None) -> TtftCall | Planned:
+        """One TTFT measurement with its peak memory, or an out-of-memory row."""
+        stages = [encoder_stage(pipeline, self.models), *self._downstream(pipeline, budget)]
         blocker = next((stage.graph_blocker for stage in stages if stage.graph_blocker), "")
         base = self._base(pipeline, budget)
         try:
             base = self._with_tokens(base, run_chain(stages[:-1], self.pixels).shape[1])
-            results = _measure_call(self.timer, TTFT, partial(run_chain, stages, self.pixels), blocker,
-                                    TTFT in self.graph_stages)
+            chain = partial(run_chain, stages, self.pixels)
+            return TtftCall(base, chain, blocker, self.timer.memory(chain))
         except torch.cuda.OutOfMemoryError as error:
-            results = [_oom_row(TTFT, error)]
-        _release_memory()
-        return [{**base, **result} for result in results]
+            return self._with_base(base, [_oom(TTFT, error)])[0]
 
-    def _encoder_rows(self, pipeline: str, encoder: Stage) -> list[dict]:
+    def _plan_pipeline(self, pipeline: str, ttft_calls: list[TtftCall | Planned]) -> list[Planned]:
+        planned = []
+        for call in ttft_calls:
+            planned += [call] if isinstance(call, Planned) else self._plan_ttft(call)
+        encoder = encoder_stage(pipeline, self.models)
+        planned += self._plan_encoder(pipeline, encoder)
+        for budget in self._budgets(pipeline):
+            planned += self._plan_stages(pipeline, budget, encoder)
+        return planned
+
+    def _plan_ttft(self, call: TtftCall) -> list[Planned]:
+        try:
+            planned = _plan_call(self.timer, TTFT, call.chain, call.graph_blocker,
+                                 TTFT in self.graph_stages, call.memory)
+        except torch.cuda.OutOfMemoryError as error:
+            planned = [_oom(TTFT, error)]
+        return self._with_base(call.base, planned)
+
+    def _plan_encoder(self, pipeline: str, encoder: Stage) -> list[Planned]:
         base = self._base(pipeline, None)
         if pipeline == FULL:
             base = self._with_tokens(base, self.geometry.full_tokens)
         try:
-            results = _measure_call(self.timer, "encoder", partial(encoder.run, self.pixels),
-                                    encoder.graph_blocker, "encoder" in self.graph_stages)
+            run = partial(encoder.run, self.pixels)
+            planned = _plan_call(self.timer, "encoder", run, encoder.graph_blocker,
+                                 "encoder" in self.graph_stages, self.timer.memory(run))
         except torch.cuda.OutOfMemoryError as error:
-            results = [_oom_row("encoder", error)]
-        _release_memory()
-        return [{**base, **result} for result in results]
+            planned = [_oom("encoder", error)]
+        return self._with_base(base, planned)
 
-    def _stage_rows(self, pipeline: str, budget: Budget | None, encoder: Stage) -> list[dict]:
-        """Zip, projector and LM prefill, each timed on the output of the stage before it."""
+    def _plan_stages(self, pipeline: str, budget: Budget | None, encoder: Stage) -> list[Planned]:
+        """Zip, projector and LM prefill, each on the output of the stage before it (computed now
+        and kept until the rounds are timed)."""
         base = self._base(pipeline, budget)
-        results, current, value = [], "encoder", None
+        planned, current = [], "encoder"
         try:
             value = encoder.run(self.pixels)
             for stage in self._downstream(pipeline, budget):
                 current = stage.name
-                results += _measure_call(self.timer, stage.name, partial(stage.run, value),
-                                         stage.graph_blocker, stage.name in self.graph_stages)
+                run = partial(stage.run, value)
+                planned += _plan_call(self.timer, stage.name, run, stage.graph_blocker,
+                                      stage.name in self.graph_stages, self.timer.memory(run))
                 value = stage.run(value)
                 if stage.name == "projector":
                     base = self._with_tokens(base, value.shape[1])
         except torch.cuda.OutOfMemoryError as error:
-            results.append(_oom_row(current, error))
-        del value
-        _release_memory()
-        return [{**base, **result} for result in results]
+            planned.append(_oom(current, error))
+        return self._with_base(base, planned)
+
+    @staticmethod
+    def _with_base(base: dict, planned: list[Planned]) -> list[Planned]:
+        for entry in planned:
+            entry.row = {**base, **entry.row}
+        return planned

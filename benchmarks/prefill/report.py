@@ -213,7 +213,9 @@ def render(rows: list[dict[str, str]], data_file: str) -> str:
         lines += [TINY_NOTE, ""]
     lines += [f"Rows: `{data_file}`. Measured on:", *environment_lines(rows), ""]
     lines += [
-        "Times are medians in ms (p20/p80 in the rows); `a (b)` = eager (CUDA-graph replay). "
+        "Times are in ms, the median of per-round medians: every measurement of a (model, batch) "
+        "is timed interleaved with the others, round after round (the rows give the rounds, p20/p80 "
+        "and the fastest and slowest round); `a (b)` = eager (CUDA-graph replay). "
         "Stage sum = encoder + zip + projector + LM prefill, each timed alone; TTFT = the whole "
         "pipeline timed together, pixels to the first token. Ratios are full / this pipeline; "
         "Amdahl bound = full stage sum / this pipeline's encoder time (the encoder sees every token "

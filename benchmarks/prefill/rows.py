@@ -14,7 +14,8 @@ FIELDS = (
     "mode", "device", "torch", "triton", "transformers", "cuda", "commit", "dtype", "timestamp",
     "model", "encoder", "lm", "crops", "batch", "pipeline", "budget", "k_dom", "k_ctx",
     "visual_tokens", "lm_tokens", "stage", "cuda_graph", "zip_impl", "status",
-    "median_ms", "p20_ms", "p80_ms", "reps", "peak_mib", "resident_mib",
+    "median_ms", "p20_ms", "p80_ms", "reps", "rounds", "round_min_ms", "round_max_ms",
+    "peak_mib", "resident_mib",
 )
 GROUP_FIELDS = ("mode", "device", "model", "batch")
 TINY = "tiny"  # toy geometries in float32 on a CPU: exercises the script, its numbers are not claims

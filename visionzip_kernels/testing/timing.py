@@ -32,6 +32,35 @@ def summarise(samples_ms: list[float]) -> Timing:
     return Timing(float(median), float(p20), float(p80), len(samples_ms))
 
 
+@dataclass(frozen=True)
+class RoundsTiming(Timing):
+    """A ``Timing`` over interleaved rounds (each configuration timed once per round, in turn).
+
+    ``median_ms`` is the median of the per-round medians, ``p20_ms``/``p80_ms`` their 20th/80th
+    percentiles, ``round_min_ms``/``round_max_ms`` the fastest and slowest round's median;
+    ``repeats`` counts every sample.
+    """
+
+    rounds: int
+    round_min_ms: float
+    round_max_ms: float
+
+    @property
+    def spread(self) -> float:
+        """(slowest round - fastest round) / median: how far apart the rounds' medians lie."""
+        return (self.round_max_ms - self.round_min_ms) / self.median_ms
+
+
+def summarise_rounds(samples_per_round: list[list[float]]) -> RoundsTiming:
+    """The median of per-round medians, with its spread, of ``samples_per_round`` (ms)."""
+    medians = [float(np.median(samples)) for samples in samples_per_round]
+    p20, median, p80 = np.percentile(medians, [20, 50, 80])
+    count = sum(len(samples) for samples in samples_per_round)
+    return RoundsTiming(
+        float(median), float(p20), float(p80), count, len(medians), min(medians), max(medians)
+    )
+
+
 def time_calls(
     fn: Callable[..., object],
     arg_sets: Sequence[tuple],
