@@ -51,7 +51,7 @@ def _full_encoder(model) -> Callable:
     return run
 
 
-def _published_encoder(model) -> Callable:
+def published_encoder(model) -> Callable:
     """Returns ``(hidden [B, N, D], attn [B, H, N, N], metric [B, N, hd])`` of the penultimate layer."""
     key_projection = _encoder_layers(model)[-2].self_attn.k_proj
     heads = model.config.num_attention_heads
@@ -82,7 +82,7 @@ def encoder_stage(pipeline: str, models: Models) -> Stage:
     if pipeline == FULL:
         return Stage("encoder", _full_encoder(models.encoder_sdpa))
     if pipeline == PUBLISHED:
-        return Stage("encoder", _published_encoder(models.encoder_eager))
+        return Stage("encoder", published_encoder(models.encoder_eager))
     return Stage("encoder", _package_encoder(models.encoder_sdpa))
 
 

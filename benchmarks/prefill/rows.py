@@ -53,14 +53,14 @@ def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
     return [row for row in old if group(row) not in measured] + list(new)
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
-    """Writes ``rows`` with the columns ``FIELDS``: missing values left empty, other keys dropped."""
+def write_rows(path: Path, rows: list[dict], fields: tuple[str, ...] = FIELDS) -> None:
+    """Writes ``rows`` with the columns ``fields``: missing values left empty, other keys dropped."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({field: "" if row.get(field) is None else row[field] for field in FIELDS})
+            writer.writerow({field: "" if row.get(field) is None else row[field] for field in fields})
 
 
 def number(value) -> float | None:
