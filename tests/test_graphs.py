@@ -275,3 +275,22 @@ def test_a_cuda_capture_that_fails_runs_eagerly_with_one_warning():
         warnings.simplefilter("error")
         cache(model, pixel_values)
     assert len(cache) == 0
+
+
+@pytest.mark.cuda
+@torch.inference_mode()
+def test_remove_releases_the_graphs_memory():
+    """At least the static buffers go (the allocator may keep per-stream workspaces the warm-up
+    made, so the total need not return to where it was)."""
+    model, processor = cuda_family("llava_next")
+    inputs = make_inputs(processor, "3-images").to("cuda")
+    handle = apply_visionzip(model, processor, dominant=DOMINANT, contextual=CONTEXTUAL, cuda_graphs=True)
+    image_features(model, inputs)
+    (graph,) = vision_graphs_of(model)._graphs.values()
+    static_bytes = sum(t.numel() * t.element_size() for t in (graph.static_input, *graph.static_outputs))
+    del graph
+    torch.cuda.synchronize()
+    holding = torch.cuda.memory_allocated()
+    handle.remove()
+    torch.cuda.synchronize()
+    assert holding - torch.cuda.memory_allocated() >= static_bytes
