@@ -27,8 +27,10 @@ from test_integrations import (
     make_llava_processor,
     vision_config,
 )
+from qwen_vl_models import make_model as make_qwen_vl
 from visionzip_kernels.integrations import apply_visionzip, graphs
 from visionzip_kernels.integrations.graphs import GraphUnavailable, StaticGraph, VisionGraphs
+from visionzip_kernels.testing.onevision import tiny_model as tiny_onevision_model
 
 
 class StaticCapture:
@@ -221,8 +223,23 @@ def test_graph_options_are_checked():
     with pytest.raises(TypeError, match="`graph_cache_size` must be an int"):
         apply_visionzip(model, cuda_graphs=True, graph_cache_size=2.5)
     assert "get_image_features" not in vars(model.model)
-    with pytest.raises(ValueError, match="bare CLIPVisionModel"):
-        apply_visionzip(CLIPVisionModel(vision_config("clip")), cuda_graphs=True)
+
+
+@pytest.mark.parametrize(
+    "make_model, reason",
+    [
+        (lambda: CLIPVisionModel(vision_config("clip")), "no projector to capture"),
+        (lambda: tiny_onevision_model(112, [[112, 112]], 0), "video frames vary in number"),
+        (lambda: make_qwen_vl("qwen2_5_vl"), "images vary in size"),
+    ],
+    ids=["clip", "llava_onevision", "qwen2_5_vl"],
+)
+def test_cuda_graphs_are_refused_where_no_graph_can_serve(make_model, reason):
+    model = make_model()
+    before = {name: dict(vars(module)) for name, module in model.named_modules()}
+    with pytest.raises(ValueError, match=f"LLaVA and LLaVA-NeXT models only.*{reason}"):
+        apply_visionzip(model, cuda_graphs=True)
+    assert {name: dict(vars(module)) for name, module in model.named_modules()} == before
 
 
 # ----------------------------------------------------------------------------- on a GPU

@@ -63,18 +63,17 @@ def _multimodal_parts(model):
     return None
 
 
-def _refuse_graphs(graph_cache: int | None, model) -> None:
+def _refuse_graphs(graph_cache: int | None, model, why: str) -> None:
     """``cuda_graphs=True`` captures LLaVA's and LLaVA-NeXT's vision path only: refuse it elsewhere."""
     if graph_cache is not None:
         raise ValueError(
             "apply_visionzip: `cuda_graphs=True` captures the vision path of LLaVA and LLaVA-NeXT "
-            f"models only, not of a {type(model).__name__} (whose images and frames vary in "
-            "number and size); leave it False"
+            f"models only, not of a {type(model).__name__} ({why}); leave it False"
         )
 
 
 def _patch_llava_onevision(inner, budget, graph_cache: int | None) -> list:
-    _refuse_graphs(graph_cache, inner)
+    _refuse_graphs(graph_cache, inner, "its images and video frames vary in number per call")
     return patch_llava_onevision(inner, budget)
 
 
@@ -129,7 +128,7 @@ def apply_visionzip(
     graph_cache = checked_graph_cache_size(cuda_graphs, graph_cache_size)  # None: no CUDA graphs
     family = next((f for f in QWEN_FAMILIES if isinstance(model, f.model_classes)), None)
     if family is not None:
-        _refuse_graphs(graph_cache, model)
+        _refuse_graphs(graph_cache, model, "its images vary in size, so every call is a new shape")
         dominant = 0.65 if dominant is None else dominant
         contextual = 0.05 if contextual is None else contextual
         return apply_qwen_vl(model, processor, family, dominant, contextual, backend)
@@ -147,7 +146,7 @@ def apply_visionzip(
                 "apply_visionzip: `processor` is only used with LLaVA models; the image "
                 f"processor of a {type(model).__name__} needs no change, so pass processor=None"
             )
-        _refuse_graphs(graph_cache, model)
+        _refuse_graphs(graph_cache, model, "a bare vision model has no projector to capture")
         budget = make_budget(model, dominant, contextual, backend)
         patches = patch_vision_model(model, budget)
         return VisionZipHandle(model, None, budget, patches)
