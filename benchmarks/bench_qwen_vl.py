@@ -9,7 +9,8 @@ images of 1024x1024 pixels (74x74 patches, 1369 tokens each). Scenarios:
 - ``4-prompts-mixed``: four prompts, one image each, of 1024x1024, 768x1024, 1024x512, 512x512.
 
 Pipelines, each timed as ``generate(max_new_tokens=1)`` from pixels and token ids (TTFT), with its
-peak GPU memory:
+peak GPU memory; within a scenario they are timed interleaved (each once per round, 5 rounds), and
+a row gives the median of the per-round medians with its spread:
 
 - ``full``: the model as it is, every visual token;
 - ``published``: the published port's statistic: a dense softmax over the whole packed sequence
@@ -37,7 +38,6 @@ printed last, with the issue's criteria (1 image: TTFT >= 1.2x at 0.65 + 0.05 an
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import gc
 import importlib.util
@@ -52,7 +52,8 @@ import transformers
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from prefill.timing import TINY_POLICY, RepetitionPolicy, Timer
+from generate.models import twin
+from prefill.timing import TINY_POLICY, RepetitionPolicy, Timer, timing_fields
 from run_environment import RESULTS_DIR, device_slug, environment, write_rows
 from visionzip_kernels.integrations import apply_visionzip
 from visionzip_kernels.integrations import qwen_vl
@@ -63,7 +64,7 @@ BUDGETS = ((0.65, 0.05), (0.45, 0.05))
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 151655, 151656, 151652, 151653
 PAD = 151643
 TEXT_BEFORE, TEXT_AFTER = 20, 40  # prompt tokens around the images (system and question)
-TTFT_POLICY = RepetitionPolicy(warmup=2, min_reps=5, max_reps=12, target_ms=2000.0)  # the full-size run in minutes
+TTFT_POLICY = RepetitionPolicy(warmup=2, min_reps=5, max_reps=15, target_ms=2000.0, rounds=5)  # the full-size run in minutes
 MIB = 1024 * 1024
 
 
@@ -182,46 +183,68 @@ def ttft_call(model, inputs: dict):
     return lambda: model.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=PAD)
 
 
-def measure(timer: Timer, fn) -> dict:
-    """TTFT quantiles and peak memory of ``fn``; an out-of-memory error becomes ``status=oom``."""
+def memory_fields(timer: Timer, fn) -> dict:
+    """Peak memory of one call of ``fn`` as row fields; ``status=oom`` if it runs out of memory."""
     try:
         memory = timer.memory(fn)
-        timing = timer.time(fn)
     except torch.cuda.OutOfMemoryError:
         gc.collect()
         torch.cuda.empty_cache()
         return {"status": "oom"}
-    row = {"status": "ok", "median_ms": round(timing.median_ms, 3), "p20_ms": round(timing.p20_ms, 3),
-           "p80_ms": round(timing.p80_ms, 3), "reps": timing.repeats}
-    if memory is not None:
-        row.update(peak_mib=round(memory.peak_mib, 1), resident_mib=round(memory.resident_mib, 1))
-    return row
+    if memory is None:
+        return {"status": "ok"}
+    return {"status": "ok", "peak_mib": round(memory.peak_mib, 1), "resident_mib": round(memory.resident_mib, 1)}
+
+
+def published_call(model, inputs: dict):
+    """TTFT of ``model`` (VisionZip applied) with the published port's dense statistic in place of
+    ``attention_importance_varlen``, patched for the call alone so other pipelines keep theirs."""
+    call = ttft_call(model, inputs)
+
+    def run():
+        with mock.patch.object(qwen_vl, "attention_importance_varlen", dense_packed_importance):
+            return call()
+
+    return run
 
 
 def scenario_rows(model, geometry: Geometry, scenario: str, timer: Timer, device, dtype) -> list[dict]:
-    """Rows of the full pipeline and of both VisionZip pipelines at every budget."""
+    """Rows of the full pipeline and of both VisionZip pipelines at every budget.
+
+    Each VisionZip pipeline runs on its own twin of ``model`` (``generate.models.twin``: the same
+    weights, its own instance patches), so every pipeline exists at once and they are timed
+    interleaved (``Timer.interleave``): round after round, each once per round. Peak memory is
+    taken first, one pipeline at a time.
+    """
     prompts = geometry.scenarios[scenario]
     described = {"scenario": scenario, "prompts": len(prompts), "images": sum(len(p) for p in prompts),
                  "image_sizes": " ".join(f"{h}x{w}" for images in prompts for h, w in images)}
-    generator = torch.Generator().manual_seed(0)
-    batch = make_batch(geometry, prompts, None, device, dtype, generator)
-    rows = [{**described, "pipeline": FULL, "budget": "all", "visual_tokens": batch.visual_tokens,
-             "lm_tokens": batch.lm_tokens, **measure(timer, ttft_call(model, batch.inputs))}]
-    for dominant, contextual in BUDGETS:
-        budget = Budget(dominant, contextual)
-        batch = make_batch(geometry, prompts, budget, device, dtype, torch.Generator().manual_seed(0))
-        counts = {"budget": f"{dominant}+{contextual}", "visual_tokens": batch.visual_tokens,
-                  "lm_tokens": batch.lm_tokens}
-        for pipeline in (PUBLISHED, PACKAGE):
-            if pipeline == PUBLISHED and len(prompts) > 1:
-                rows.append({**described, "pipeline": pipeline, **counts,
-                             "status": "refused: the published port runs batch item 0 only"})
-                continue
-            statistic = (mock.patch.object(qwen_vl, "attention_importance_varlen", dense_packed_importance)
-                         if pipeline == PUBLISHED else contextlib.nullcontext())
-            with statistic, apply_visionzip(model, dominant=dominant, contextual=contextual):
-                rows.append({**described, "pipeline": pipeline, **counts,
-                             **measure(timer, ttft_call(model, batch.inputs))})
+    batch = make_batch(geometry, prompts, None, device, dtype, torch.Generator().manual_seed(0))
+    pipelines = [({**described, "pipeline": FULL, "budget": "all", "visual_tokens": batch.visual_tokens,
+                   "lm_tokens": batch.lm_tokens}, ttft_call(model, batch.inputs))]
+    handles = []
+    try:
+        for dominant, contextual in BUDGETS:
+            budget = Budget(dominant, contextual)
+            batch = make_batch(geometry, prompts, budget, device, dtype, torch.Generator().manual_seed(0))
+            counts = {"budget": f"{dominant}+{contextual}", "visual_tokens": batch.visual_tokens,
+                      "lm_tokens": batch.lm_tokens}
+            for pipeline in (PUBLISHED, PACKAGE):
+                row = {**described, "pipeline": pipeline, **counts}
+                if pipeline == PUBLISHED and len(prompts) > 1:
+                    pipelines.append(({**row, "status": "refused: the published port runs batch item 0 only"}, None))
+                    continue
+                model_twin = twin(model)
+                handles.append(apply_visionzip(model_twin, dominant=dominant, contextual=contextual))
+                make_call = published_call if pipeline == PUBLISHED else ttft_call
+                pipelines.append((row, make_call(model_twin, batch.inputs)))
+        rows = [{**row, **memory_fields(timer, call)} if call else row for row, call in pipelines]
+        timed = [(row, call) for row, (_, call) in zip(rows, pipelines) if row["status"] == "ok"]
+        for (row, _), timing in zip(timed, timer.interleave([call for _, call in timed])):
+            row.update(timing_fields(timing))
+    finally:
+        for handle in handles:
+            handle.remove()
     full = rows[0].get("median_ms")
     for row in rows:
         if full and row.get("median_ms"):

@@ -40,6 +40,7 @@ def test_rows_cover_every_pipeline_and_budget(tiny_rows):
         (pipeline, budget) for pipeline in ("published", "visionzip_kernels") for budget in ("0.65+0.05", "0.45+0.05")
     }
     assert all(row["status"] == "ok" and float(row["median_ms"]) > 0 for row in one.values())
+    assert {row["rounds"] for row in one.values()} == {"2"}, "timed interleaved, in the tiny policy's rounds"
     # 112 x 112 pixels: 8 x 8 patches, 16 merged tokens; 10 + 1 and 7 + 1 kept
     assert [one[key]["visual_tokens"] for key in sorted(one)] == ["16", "8", "11", "8", "11"]
 
