@@ -2,11 +2,14 @@
 
 Tiny inputs (one image of 8 tokens, width 4, 2 heads), so that the kernel itself costs next to
 nothing and the time per call is the host's: argument parsing, validation, backend choice and
-dispatch. For each op, three entry points side by side: the backend op alone
-(``torch.ops.visionzip._<op>_<backend>``, the floor), the Python function (``vz.<op>``) and the
-public ``torch.ops.visionzip.<op>``. Configurations are measured interleaved: each round times
+dispatch. For each op, three entry points side by side: the floor, the automatic backend called
+directly without validation (``torch.ops.visionzip._<op>_<backend>`` for a C++/CUDA/Triton
+backend; on a CPU, attention_importance's ``blockwise`` PyTorch function), the Python function
+(``vz.<op>``) and the public ``torch.ops.visionzip.<op>``. On a GPU the floor is the CUDA C++
+op, whose own host time (dispatcher, launch) is what remains once validation is paid. Configurations are measured interleaved: each round times
 every configuration once (a block of ``--calls`` calls, host clock), and the table reports the
-median over rounds of the microseconds per call, with the 20th and 80th percentiles. One thread.
+median over rounds of the microseconds per call, with the 20th and 80th percentiles, and how far
+above the floor each entry point lies: the host time the entry point itself adds. One thread.
 
     python benchmarks/bench_host_overhead.py            # rows to benchmarks/results/host_overhead_<device>.csv
 """
@@ -23,31 +26,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_environment import RESULTS_DIR, device_slug, environment, write_rows  # noqa: E402
 
 import visionzip_kernels as vz  # noqa: E402
-from visionzip_kernels.ops import attention_importance, zip_tokens  # noqa: E402
+from visionzip_kernels.ops.attention_importance import op as attention_importance  # noqa: E402
+from visionzip_kernels.ops.zip_tokens import op as zip_tokens  # noqa: E402
 from visionzip_kernels.testing.timing import summarise  # noqa: E402
 
 
+FLOOR = "(floor) backend"
+
+
 def entry_points(device: torch.device) -> dict:
-    """``(op, entry point) -> call`` for both ops on tiny inputs on ``device``."""
+    """``(op, entry point) -> call`` for both ops on tiny inputs on ``device``; each op's first
+    entry point is its floor: the automatic backend called directly, without validation."""
     gen = torch.Generator().manual_seed(0)
     hidden, attn, keys = torch.randn(1, 8, 4, generator=gen), torch.rand(1, 2, 8, generator=gen), torch.randn(1, 8, 4)
     q = torch.randn(1, 2, 8, 4, generator=gen)
     hidden, attn, keys, q = (t.to(device) for t in (hidden, attn, keys, q))
-    zip_backend = zip_tokens.available_backends(device)[0]
-    importance_backend = attention_importance.available_backends(device)[0]
-    calls = {}
-    backend_op = getattr(torch.ops.visionzip, f"_zip_tokens_{zip_backend}", None)
-    if backend_op is not None:
-        calls[("zip_tokens", f"_zip_tokens_{zip_backend} (floor)")] = lambda: backend_op(hidden, attn, 3, 2, keys, True)
-    calls |= {
-        ("zip_tokens", f"vz.zip_tokens [{zip_backend}]"): lambda: vz.zip_tokens(hidden, attn, 3, 2, keys),
+    zip_backend = zip_tokens.BACKENDS.resolve("auto", device)
+    importance_backend = attention_importance.BACKENDS.resolve("auto", device)
+    scale = q.shape[-1] ** -0.5
+    return {
+        ("zip_tokens", f"{FLOOR} {zip_backend.name}"): lambda: zip_backend.run(hidden, attn, 3, 2, keys, True),
+        ("zip_tokens", f"vz.zip_tokens [{zip_backend.name}]"): lambda: vz.zip_tokens(hidden, attn, 3, 2, keys),
         ("zip_tokens", "torch.ops.visionzip.zip_tokens"): lambda: torch.ops.visionzip.zip_tokens(hidden, attn, 3, 2, keys, True),
-        ("attention_importance", f"vz.attention_importance [{importance_backend}]"): lambda: vz.attention_importance(q, q, True),
+        ("attention_importance", f"{FLOOR} {importance_backend.name}"): (
+            lambda: importance_backend.run(q, q, True, scale, lse=None)
+        ),
+        ("attention_importance", f"vz.attention_importance [{importance_backend.name}]"): (
+            lambda: vz.attention_importance(q, q, True)
+        ),
         ("attention_importance", "torch.ops.visionzip.attention_importance"): (
             lambda: torch.ops.visionzip.attention_importance(q, q, True)
         ),
     }
-    return calls
 
 
 def measure(calls: dict, rounds: int, calls_per_round: int, device: torch.device) -> dict:
@@ -78,15 +88,19 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     timings = measure(entry_points(device), args.rounds, args.calls, device)
     env = environment(device)
+    floors = {op: t.median_ms for (op, entry), t in timings.items() if entry.startswith(FLOOR)}
     rows = [
         {**env, "op": op, "entry_point": entry, "median_us": round(t.median_ms, 2), "p20_us": round(t.p20_ms, 2),
-         "p80_us": round(t.p80_ms, 2), "rounds": t.repeats, "calls_per_round": args.calls}
+         "p80_us": round(t.p80_ms, 2), "over_floor_us": round(t.median_ms - floors[op], 2), "rounds": t.repeats,
+         "calls_per_round": args.calls}
         for (op, entry), t in timings.items()
     ]
     path = write_rows(args.results_dir / f"host_overhead_{device_slug(device)}.csv", rows)
-    print(f"{env['device']}; host microseconds per call, median [p20, p80] of {args.rounds} interleaved rounds")
+    print(f"{env['device']}; host microseconds per call, median [p20, p80] of {args.rounds} interleaved rounds, "
+          "and the median above the op's floor")
     for row in rows:
-        print(f"{row['op']:21} {row['entry_point']:45} {row['median_us']:8.2f} [{row['p20_us']:.2f}, {row['p80_us']:.2f}]")
+        print(f"{row['op']:21} {row['entry_point']:45} {row['median_us']:8.2f} [{row['p20_us']:.2f}, "
+              f"{row['p80_us']:.2f}]  +{row['over_floor_us']:.2f}")
     print(f"rows: {path}")
 
 

@@ -24,6 +24,11 @@ TORCH_LIBRARY(visionzip, m) {
   m.def(
       "_zip_tokens_triton(Tensor hidden, Tensor attn, int k_dom, int k_ctx, Tensor? keys=None, "
       "bool has_cls=True) -> (Tensor, Tensor)");
+  // The gradient of every zip_tokens op with respect to `hidden` (csrc/zip_tokens_autograd.cpp);
+  // `metric_source` is `keys`, or `hidden` when no keys were given.
+  m.def(
+      "_zip_tokens_hidden_grad(Tensor grad_tokens, Tensor attn, Tensor metric_source, bool keys_given, "
+      "int k_dom, int k_ctx, bool has_cls, int[] hidden_size, ScalarType hidden_dtype) -> Tensor");
   m.def(
       "attention_importance(Tensor q, Tensor k, bool has_cls=True, float? scale=None, *, "
       "Tensor? lse=None) -> Tensor");

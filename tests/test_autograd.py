@@ -5,6 +5,8 @@ float16 and bfloat16 only); every other backend's gradient is compared with the 
 the same inputs and upstream gradient. ``attn`` and ``keys`` get no gradient: they only decide
 indices.
 """
+import sys
+
 import pytest
 import torch
 from zip_cases import DTYPES, ZipCase, make_inputs
@@ -81,3 +83,36 @@ def test_opcheck_with_requires_grad(op_name):
     inputs = make_inputs(CASES[1], torch.float32, seed=6)
     inputs["hidden"].requires_grad_()
     torch.library.opcheck(getattr(torch.ops.visionzip, op_name), tuple(inputs[name] for name in ARG_NAMES))
+
+
+def python_functions_called(fn) -> set[str]:
+    """``file:function`` of every Python function that runs during ``fn()``."""
+    called = set()
+
+    def profile(frame, event, arg):
+        if event == "call":
+            called.add(f"{frame.f_code.co_filename}:{frame.f_code.co_name}")
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return called
+
+
+@pytest.mark.parametrize("op_name", ["zip_tokens", "_zip_tokens_cpu"])
+def test_a_call_without_gradients_runs_no_python_autograd(op_name):
+    """The autograd formula is C++ (csrc/zip_tokens_autograd.cpp): a call that needs no gradient
+    goes straight to the kernel, with no Python autograd wrapper and no graph node."""
+    inputs = make_inputs(CASES[0], torch.float32, seed=7)
+    op = getattr(torch.ops.visionzip, op_name)
+    op(*(inputs[name] for name in ARG_NAMES))  # first call: the backend choice and its imports
+    called = python_functions_called(lambda: op(*(inputs[name] for name in ARG_NAMES)))
+    assert not [name for name in called if "_library/autograd.py" in name], sorted(called)
+    inputs["hidden"].requires_grad_()
+    with torch.no_grad():
+        tokens, _ = op(*(inputs[name] for name in ARG_NAMES))
+    assert tokens.grad_fn is None and not tokens.requires_grad
+    tokens, dominant_idx = op(*(inputs[name] for name in ARG_NAMES))
+    assert tokens.grad_fn is not None and not dominant_idx.requires_grad

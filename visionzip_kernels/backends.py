@@ -8,8 +8,9 @@ kernel (Triton) registered here with ``add_python_kernel``. ``OpBackends`` then:
 - lists the backends that run on a device, fastest first (``available``), and resolves a
   requested name into one of them, with an error that says why a backend cannot run (``resolve``);
 - registers the op family with PyTorch (``register``): the fake kernel (output shapes, for
-  ``torch.compile``) and the autograd formula of the public op and of every backend op, and the
-  public op's CPU and CUDA kernels, which validate and then run the ``"auto"`` choice.
+  ``torch.compile``) of the public op and of every backend op, and the public op's CPU and CUDA
+  kernels, which validate and then run the ``"auto"`` choice. (Autograd formulas are C++, in
+  ``csrc/``, so that calls without gradients run no Python: ``csrc/zip_tokens_autograd.cpp``.)
 
 Triton kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1``, set before ``triton`` is imported); the same Python kernel serves both.
@@ -156,12 +157,9 @@ class OpBackends:
             raise ValueError(f"{self.op}: backend={backend!r} is not available on {device}: {reason}")
         return chosen
 
-    def register(self, fake: Callable, auto: Callable, autograd: tuple[Callable, Callable] | None = None) -> None:
-        """Register ``fake`` for the public op and every backend op, ``auto`` as the public op's
-        CPU and CUDA kernel, and ``autograd`` (``(backward, setup_context)``) for all of them."""
+    def register(self, fake: Callable, auto: Callable) -> None:
+        """Register ``fake`` for the public op and every backend op, and ``auto`` as the public op's
+        CPU and CUDA kernel."""
         for op_name in (self.op, *self._backend_ops):
             torch.library.register_fake(f"visionzip::{op_name}")(fake)
-            if autograd is not None:
-                backward, setup_context = autograd
-                torch.library.register_autograd(f"visionzip::{op_name}", backward, setup_context=setup_context)
         torch.library.register_kernel(f"visionzip::{self.op}", ("cpu", "cuda"))(auto)

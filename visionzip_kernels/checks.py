@@ -19,6 +19,8 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def check_int(value, name: str, caller: str) -> int:
     """``value`` as an int: any integer type, a NumPy integer or an integer 0-d tensor, never a
     bool; otherwise ``TypeError``. Values outside int64 raise ``ValueError``."""
+    if type(value) is int and -(2**63) <= value < 2**63:  # the common case, decided at once
+        return value
     if isinstance(value, (bool, np.bool_)) or (
         isinstance(value, torch.Tensor) and value.dtype == torch.bool
     ):
@@ -34,7 +36,9 @@ def check_int(value, name: str, caller: str) -> int:
 
 def check_bool(value, name: str, caller: str) -> bool:
     """``value`` as a bool (Python or NumPy); any other type raises ``TypeError``."""
-    if isinstance(value, (bool, np.bool_)):
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_):
         return bool(value)
     raise TypeError(f"{caller}: `{name}` must be a bool, got {type(value).__name__}")
 
@@ -64,8 +68,9 @@ def check_float_tensor(tensor, name: str, caller: str, layouts: dict[int, str]) 
 
 def check_nonempty_dims(tensor, name: str, caller: str, dims: dict[int, str]) -> None:
     """Each dimension in ``dims`` (index -> its name) of ``tensor`` is at least 1."""
+    shape = tensor.shape
     for dim, dim_name in dims.items():
-        if tensor.shape[dim] < 1:
+        if shape[dim] < 1:
             raise ValueError(
                 f"{caller}: `{name}` must have {dim_name} >= 1, got shape {tuple(tensor.shape)}"
             )
@@ -75,7 +80,7 @@ def check_same_device(tensors: dict, anchor: str, caller: str) -> None:
     """Every tensor in ``tensors`` (name -> tensor or None) is on the device of ``tensors[anchor]``."""
     device = tensors[anchor].device
     for name, tensor in tensors.items():
-        if tensor is not None and tensor.device != device:
+        if tensor is not None and name != anchor and tensor.device != device:
             raise ValueError(
                 f"{caller}: `{name}` is on {tensor.device} but `{anchor}` is on {device}; "
                 "all tensors must be on one device"

@@ -64,12 +64,18 @@ BACKENDS.add_python_kernel(
 BACKENDS.add("reference", on_any_device, attention_importance_reference)
 
 
+QK_LAYOUTS = {4: "[B, H, N, hd]"}
+QK_DIMS = {0: "B", 1: "H", 2: "N", 3: "hd"}
+
+
 def check_attention_importance_args(q, k, has_cls=True, scale=None, lse=None) -> tuple[bool, float]:
     """``(has_cls, scale)`` as plain Python values (``scale`` resolved to ``hd ** -0.5`` when
-    ``None``), or a ``TypeError``/``ValueError`` naming the argument for any input the op rejects."""
-    for name, tensor in (("q", q), ("k", k)):
-        checks.check_float_tensor(tensor, name, OP, {4: "[B, H, N, hd]"})
-        checks.check_nonempty_dims(tensor, name, OP, {0: "B", 1: "H", 2: "N", 3: "hd"})
+    ``None``), or a ``TypeError``/``ValueError`` naming the argument for any input the op rejects.
+    Reads shapes, dtypes and devices only."""
+    checks.check_float_tensor(q, "q", OP, QK_LAYOUTS)
+    checks.check_nonempty_dims(q, "q", OP, QK_DIMS)
+    checks.check_float_tensor(k, "k", OP, QK_LAYOUTS)
+    checks.check_nonempty_dims(k, "k", OP, QK_DIMS)
     if k.shape != q.shape:
         raise ValueError(f"{OP}: `k` must have the shape of `q` {tuple(q.shape)}, got {tuple(k.shape)}")
     if k.dtype != q.dtype:

@@ -9,6 +9,10 @@ where ``keys`` is ``None`` the similarity metric is ``hidden`` itself, and it to
 indices. The backward pass recomputes the plan with the reference, which every backend matches
 bit for bit, instead of keeping it from the forward pass (the backends return only the dominant
 indices). It runs in float32 and rounds once to ``hidden``'s dtype.
+
+The autograd formula itself is C++ (``csrc/zip_tokens_autograd.cpp``, registered for the public op
+and every backend op), so a call that needs no gradient runs no Python; its backward pass calls
+``visionzip::_zip_tokens_hidden_grad``, whose kernel is ``hidden_grad`` below.
 """
 from __future__ import annotations
 
@@ -17,22 +21,19 @@ import torch
 from . import reference
 
 
-def setup_context(ctx, inputs, output) -> None:
-    """Keeps what the plan is recomputed from: ``attn`` and the keys (``hidden`` without keys)."""
-    hidden, attn, k_dom, k_ctx, keys, has_cls = inputs
-    ctx.budget = (int(k_dom), int(k_ctx), bool(has_cls))
-    ctx.hidden_meta = (hidden.shape, hidden.dtype)
-    ctx.keys_given = keys is not None
-    ctx.save_for_backward(attn, keys if ctx.keys_given else hidden.detach())
-
-
-def backward(ctx, grad_tokens, grad_dominant_idx):
-    """``(grad_hidden, None, None, None, None, None)``."""
-    k_dom, k_ctx, has_cls = ctx.budget
-    attn, keys_or_hidden = ctx.saved_tensors
-    metric = reference.merge_metric(keys_or_hidden, keys_or_hidden if ctx.keys_given else None)
+def hidden_grad(grad_tokens, attn, metric_source, keys_given, k_dom, k_ctx, has_cls, hidden_size, hidden_dtype):
+    """The kernel of ``visionzip::_zip_tokens_hidden_grad``, which the C++ autograd of every
+    ``zip_tokens`` op calls (``csrc/zip_tokens_autograd.cpp``): ``d loss / d hidden`` from
+    ``grad_tokens``, the plan recomputed from ``attn`` and ``metric_source`` (``keys``, or
+    ``hidden`` when ``keys_given`` is false)."""
+    metric = reference.merge_metric(metric_source, metric_source if keys_given else None)
     plan = reference.plan_zip(attn, metric, k_dom, k_ctx, has_cls)
-    return hidden_gradient(grad_tokens, plan, *ctx.hidden_meta), None, None, None, None, None
+    return hidden_gradient(grad_tokens, plan, tuple(hidden_size), hidden_dtype)
+
+
+def hidden_grad_fake(grad_tokens, attn, metric_source, keys_given, k_dom, k_ctx, has_cls, hidden_size, hidden_dtype):
+    """The gradient's shape and dtype, for ``torch.compile``."""
+    return grad_tokens.new_empty(tuple(hidden_size), dtype=hidden_dtype)
 
 
 def hidden_gradient(grad_tokens: torch.Tensor, plan: reference.ZipPlan, shape, dtype) -> torch.Tensor:
@@ -54,3 +55,7 @@ def hidden_gradient(grad_tokens: torch.Tensor, plan: reference.ZipPlan, shape, d
         per_member = grad_contextual / counts.clamp(min=1).unsqueeze(-1)
         add_rows(plan.merge_idx, reference.gather_tokens(per_member, plan.merge_assign))
     return grad.to(dtype)
+
+
+torch.library.register_kernel("visionzip::_zip_tokens_hidden_grad", ("cpu", "cuda"))(hidden_grad)
+torch.library.register_fake("visionzip::_zip_tokens_hidden_grad")(hidden_grad_fake)

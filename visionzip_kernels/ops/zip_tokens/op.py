@@ -16,7 +16,8 @@ CUDA-graph replay; ``benchmarks/results/zip_tokens_nvidia-h200.csv``) it took 41
 
 ``torch.ops.visionzip.zip_tokens`` is the same op with the automatic choice; its fake kernel gives
 the output shapes to ``torch.compile``. Every backend is differentiable with respect to ``hidden``
-(``autograd.py``; the reference through PyTorch's own autograd).
+(``autograd.py`` and ``csrc/zip_tokens_autograd.cpp``; the reference through PyTorch's own
+autograd).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch
 
 from ... import checks
 from ...backends import OpBackends, on_any_device, on_cpu, on_cuda_extension, on_triton_device
-from . import autograd, reference
+from . import autograd, reference  # noqa: F401  (autograd: registers the gradient kernel)
 
 OP = "zip_tokens"
 
@@ -40,37 +41,47 @@ BACKENDS.add_op("cuda", on_cuda_extension, "_zip_tokens_cuda")
 BACKENDS.add("reference", on_any_device, reference.zip_tokens)
 
 
+HIDDEN_LAYOUTS = {3: "[B, N, D]"}
+ATTN_LAYOUTS = {4: "[B, H, N, N]", 3: "[B, H, N]", 2: "[B, N]"}
+KEY_LAYOUTS = {3: "[B, N, Dk]", 4: "[B, H, N, hd]"}
+HIDDEN_DIMS = {2: "D"}
+ATTN_DIMS = {1: "H"}
+KEY_DIMS = {3: {-1: "Dk"}, 4: {-1: "Dk", 1: "H"}}
+
+
 def check_zip_tokens_args(hidden, attn, k_dom, k_ctx, keys=None, has_cls=True) -> tuple[int, int, bool]:
     """``(k_dom, k_ctx, has_cls)`` as plain Python values, or a ``TypeError``/``ValueError`` naming
-    the argument for any input the contract rejects."""
-    checks.check_float_tensor(hidden, "hidden", OP, {3: "[B, N, D]"})
-    checks.check_float_tensor(attn, "attn", OP, {4: "[B, H, N, N]", 3: "[B, H, N]", 2: "[B, N]"})
+    the argument for any input the contract rejects. Reads shapes, dtypes and devices only."""
+    checks.check_float_tensor(hidden, "hidden", OP, HIDDEN_LAYOUTS)
+    checks.check_float_tensor(attn, "attn", OP, ATTN_LAYOUTS)
     if keys is not None:
-        checks.check_float_tensor(keys, "keys", OP, {3: "[B, N, Dk]", 4: "[B, H, N, hd]"})
+        checks.check_float_tensor(keys, "keys", OP, KEY_LAYOUTS)
     has_cls = checks.check_bool(has_cls, "has_cls", OP)
     k_dom = checks.check_int(k_dom, "k_dom", OP)
     k_ctx = checks.check_int(k_ctx, "k_ctx", OP)
 
-    batch, n_tokens, _ = hidden.shape
-    if attn.shape[0] != batch or attn.shape[-1] != n_tokens:
+    batch, n_tokens, _ = hidden_shape = hidden.shape
+    attn_shape = attn.shape
+    if attn_shape[0] != batch or attn_shape[-1] != n_tokens:
         raise ValueError(
             f"{OP}: `attn` must have B={batch} and N={n_tokens} like `hidden` "
-            f"{tuple(hidden.shape)}, got shape {tuple(attn.shape)}"
+            f"{tuple(hidden_shape)}, got shape {tuple(attn_shape)}"
         )
-    if attn.dim() == 4 and attn.shape[2] != n_tokens:
+    if len(attn_shape) == 4 and attn_shape[2] != n_tokens:
         raise ValueError(
-            f"{OP}: a full `attn` map must be [B, H, N, N] with N={n_tokens}, got shape {tuple(attn.shape)}"
+            f"{OP}: a full `attn` map must be [B, H, N, N] with N={n_tokens}, got shape {tuple(attn_shape)}"
         )
-    if keys is not None and (keys.shape[0] != batch or keys.shape[-2] != n_tokens):
-        raise ValueError(
-            f"{OP}: `keys` must have B={batch} and N={n_tokens} like `hidden` "
-            f"{tuple(hidden.shape)}, got shape {tuple(keys.shape)}"
-        )
-    checks.check_nonempty_dims(hidden, "hidden", OP, {2: "D"})
-    if attn.dim() > 2:
-        checks.check_nonempty_dims(attn, "attn", OP, {1: "H"})
     if keys is not None:
-        checks.check_nonempty_dims(keys, "keys", OP, {-1: "Dk", **({1: "H"} if keys.dim() == 4 else {})})
+        keys_shape = keys.shape
+        if keys_shape[0] != batch or keys_shape[-2] != n_tokens:
+            raise ValueError(
+                f"{OP}: `keys` must have B={batch} and N={n_tokens} like `hidden` "
+                f"{tuple(hidden_shape)}, got shape {tuple(keys_shape)}"
+            )
+        checks.check_nonempty_dims(keys, "keys", OP, KEY_DIMS[len(keys_shape)])
+    checks.check_nonempty_dims(hidden, "hidden", OP, HIDDEN_DIMS)
+    if len(attn_shape) > 2:
+        checks.check_nonempty_dims(attn, "attn", OP, ATTN_DIMS)
     checks.check_same_device({"hidden": hidden, "attn": attn, "keys": keys}, "hidden", OP)
 
     if k_dom < 1:
@@ -124,4 +135,4 @@ def _zip_tokens_auto(hidden, attn, k_dom, k_ctx, keys=None, has_cls=True):
     return zip_tokens(hidden, attn, k_dom, k_ctx, keys, has_cls, backend="auto")
 
 
-BACKENDS.register(zip_tokens_fake, _zip_tokens_auto, autograd=(autograd.backward, autograd.setup_context))
+BACKENDS.register(zip_tokens_fake, _zip_tokens_auto)
