@@ -34,14 +34,13 @@ from pathlib import Path
 import torch
 import transformers
 
-from bench_prefill import progress, select_geometries
+from bench_prefill import progress, publish, select_geometries
 from generate.chart import write_chart
 from generate.configs import CONFIGS, GPU_COMPILE, TINY_COMPILE
 from generate.measure import GenerateMeasurement, Options
 from generate.models import build_model, make_processor
 from generate.report import render
 from generate.rows import FIELDS, results_stem
-from prefill.chart import matplotlib_missing_note
 from prefill.geometry import paper_geometries, tiny_geometries
 from prefill.models import build_encoder
 from prefill.rows import FULL_SIZE, TINY, merge_rows, read_rows, write_rows
@@ -112,13 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
         del model, eager_tower
 
-    rows = read_rows(csv_path)
-    document = render(rows, csv_path.name)
-    stem.with_suffix(".md").write_text(document + "\n")
-    if not write_chart(rows, stem.with_suffix(".png")):
-        progress(matplotlib_missing_note())
-    progress(f"[{time.perf_counter() - started:6.1f} s] wrote {csv_path}, {stem.with_suffix('.md').name}")
-    print(document)
+    publish(csv_path, stem, render, write_chart, started)
     return 0
 
 

@@ -59,6 +59,18 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def publish(csv_path: Path, stem: Path, render, write_chart, started: float) -> None:
+    """The report of every row in ``csv_path``: ``render`` to ``<stem>.md`` and stdout,
+    ``write_chart`` to ``<stem>.png`` (a note where matplotlib is missing)."""
+    rows = read_rows(csv_path)
+    document = render(rows, csv_path.name)
+    stem.with_suffix(".md").write_text(document + "\n")
+    if not write_chart(rows, stem.with_suffix(".png")):
+        progress(matplotlib_missing_note())
+    progress(f"[{time.perf_counter() - started:6.1f} s] wrote {csv_path}, {stem.with_suffix('.md').name}")
+    print(document)
+
+
 def select_geometries(geometries: tuple[ModelGeometry, ...], names: str | None) -> tuple[ModelGeometry, ...]:
     """The geometries named in ``names`` (comma-separated), all of them where ``None``."""
     if not names:
@@ -107,13 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    rows = read_rows(csv_path)
-    document = render(rows, csv_path.name)
-    stem.with_suffix(".md").write_text(document + "\n")
-    if not write_chart(rows, stem.with_suffix(".png")):
-        progress(matplotlib_missing_note())
-    progress(f"[{time.perf_counter() - started:6.1f} s] wrote {csv_path}, {stem.with_suffix('.md').name}")
-    print(document)
+    publish(csv_path, stem, render, write_chart, started)
     return 0
 
 
