@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
@@ -23,6 +22,8 @@ from transformers import (
     Qwen3VLProcessor,
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from visionzip_kernels.testing.tiny_text import text_config_fields, word_tokenizer
 
 VISION_TOKENS = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
 WORDS = ["<pad>", "<s>", "</s>", "<unk>", *VISION_TOKENS, "user:", "assistant:", "describe", "the"]
@@ -65,34 +66,12 @@ BATCHES = {
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     names = ["image_token", "video_token", "vision_start_token", "vision_end_token"]
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens=dict(zip(names, VISION_TOKENS)),
-        padding_side="left",
-    )
+    return word_tokenizer(WORDS, dict(zip(names, VISION_TOKENS)))
 
 
 def text_config(**extra) -> dict:
-    return dict(
-        vocab_size=len(WORDS),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        **extra,
-    )
+    return {**text_config_fields(len(WORDS)), **extra}
 
 
 def token_ids() -> dict:

@@ -21,5 +21,6 @@ def test_host_overhead_benchmark_writes_rows(tmp_path, capsys):
     ]
     assert all(float(row["median_us"]) > 0 and row["rounds"] == "2" and row["device"] for row in rows)
     for row in rows:
-        assert float(row["over_floor_us"]) == round(float(row["median_us"]) - float(floor[row["op"]]), 2)
+        # from the unrounded medians: within the two roundings of the printed ones
+        assert abs(float(row["over_floor_us"]) - (float(row["median_us"]) - float(floor[row["op"]]))) <= 0.011
     assert "host microseconds per call" in capsys.readouterr().out

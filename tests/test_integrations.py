@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -42,6 +41,7 @@ from transformers.models.siglip import modeling_siglip
 
 from visionzip_kernels import zip_tokens
 from visionzip_kernels.integrations import VisionZipHandle, apply_visionzip
+from visionzip_kernels.testing.tiny_text import text_config_fields, word_tokenizer
 
 DOMINANT, CONTEXTUAL = 5, 3
 TOKENS = DOMINANT + CONTEXTUAL
@@ -57,17 +57,7 @@ GENERATE = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_i
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-        padding_side="left",
-    )
+    return word_tokenizer(WORDS, {"image_token": "<image>"})
 
 
 def vision_config(tower: str):
@@ -83,18 +73,7 @@ def vision_config(tower: str):
 
 
 def text_config() -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=len(WORDS),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    return LlamaConfig(**text_config_fields(len(WORDS)))
 
 
 def strategy(tower: str) -> str:

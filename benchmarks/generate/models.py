@@ -20,7 +20,6 @@ import copy
 import numpy as np
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models as tokenizer_models, pre_tokenizers
 from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -28,12 +27,12 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaNextProcessor,
     LlavaProcessor,
-    PreTrainedTokenizerFast,
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
 from prefill.geometry import ModelGeometry
+from visionzip_kernels.testing.tiny_text import word_tokenizer
 
 SPECIAL_WORDS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 PAD_ID, IMAGE_ID = 0, 4
@@ -71,12 +70,7 @@ def build_model(geometry: ModelGeometry, dtype: torch.dtype, device) -> torch.nn
 def make_processor(geometry: ModelGeometry):
     """The geometry's real processor over a word-level tokenizer of the LM's vocabulary size."""
     words = [*SPECIAL_WORDS, *(f"w{i}" for i in range(geometry.lm.vocab - len(SPECIAL_WORDS)))]
-    backend = Tokenizer(tokenizer_models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"}, padding_side="left",
-    )
+    tokenizer = word_tokenizer(words, {"image_token": "<image>"})
     size = geometry.encoder.image_size
     image_options = dict(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     common = dict(

@@ -15,7 +15,6 @@ from unittest import mock
 import numpy as np
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
@@ -32,6 +31,8 @@ from transformers.models.llava_onevision.video_processing_llava_onevision import
     LlavaOnevisionVideoProcessor,
 )
 from transformers.video_processing_utils import VideoProcessorMixin
+
+from .tiny_text import text_config_fields, word_tokenizer
 
 PATCH_SIZE = 14
 WORDS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<video>", "user", "assistant", "describe"]
@@ -50,18 +51,7 @@ def tiny_config(image_size: int, pinpoints, **config_kwargs) -> LlavaOnevisionCo
         num_attention_heads=4,
         vision_use_head=False,
     )
-    text = Qwen2Config(
-        vocab_size=len(WORDS),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    text = Qwen2Config(**text_config_fields(len(WORDS), max_position_embeddings=4096))
     return LlavaOnevisionConfig(
         vision_config=vision,
         text_config=text,
@@ -81,17 +71,7 @@ def tiny_model(image_size: int, pinpoints, seed: int = 0, **config_kwargs):
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
     """A word-level tokenizer of ``WORDS``, padding on the left."""
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
-        padding_side="left",
-    )
+    return word_tokenizer(WORDS, {"image_token": "<image>", "video_token": "<video>"})
 
 
 class TorchVideoProcessor(LlavaOnevisionVideoProcessor):
