@@ -3,7 +3,9 @@
 `tests/data/published_visionzip.npz` holds inputs and outputs of the published
 `CLIPVisionTower_VisionZip.forward` selection/merge on seeded random float32 inputs at CLIP-L/336
 shapes (N=577, 16 heads) and one odd shape (N=145, 8 heads); `k_dom` counts the CLS token.
-Agreement: dominant indices exactly equal, tokens within 1e-5.
+Agreement: dominant indices exactly equal, tokens within 1e-5. The Triton backend, slow under
+the interpreter at these sizes, is held to the paper's budget and the odd shape; its bits equal
+the reference's on every other shape (tests/test_triton_zip_tokens.py).
 """
 from pathlib import Path
 
@@ -39,8 +41,14 @@ def test_golden_file_holds_the_paper_budgets():
     assert case["hidden"].shape[1] == 577 and case["tokens"].shape[1] == 64  # dominant=54 counts CLS
 
 
-@pytest.mark.parametrize("backend", vz.available_backends("cpu"))
-@pytest.mark.parametrize("case", CASES)
+INTERPRETED_CASES = ("clip336_54_10", "odd_145_20_7")
+
+
+@pytest.mark.parametrize(
+    "case, backend",
+    [(case, backend) for backend in vz.available_backends("cpu") for case in CASES
+     if backend != "triton" or case in INTERPRETED_CASES],
+)
 def test_backend_matches_published_outputs(case, backend):
     golden = golden_case(case)
     tokens, dominant_idx = vz.zip_tokens(
