@@ -100,6 +100,20 @@ def crop_grids(config, image_sizes, caller: str) -> list[tuple[int, int]]:
     return grids
 
 
+def stacked_crops(pixel_values: torch.Tensor, num_crops: list[int], caller: str) -> torch.Tensor:
+    """Every image's crops one after another, ``[sum(num_crops), 3, H, W]``: from the processor's
+    padded ``[B, max crops, 3, H, W]`` (each image's first ``num_crops[i]``), or as given when
+    already ``[crops, 3, H, W]``."""
+    if pixel_values.dim() == 5:
+        return torch.cat([pixels[:count] for pixels, count in zip(pixel_values, num_crops)], dim=0)
+    if pixel_values.dim() != 4:
+        raise ValueError(
+            f"{caller}: `pixel_values` must be [B, crops, 3, H, W] or [crops, 3, H, W], "
+            f"got shape {tuple(pixel_values.shape)}"
+        )
+    return pixel_values
+
+
 def get_image_features(
     llava_model,
     pixel_values: torch.Tensor,
@@ -126,15 +140,7 @@ def get_image_features(
     return_dict = pop_return_dict(kwargs, caller, ignored=LANGUAGE_MODEL_OPTIONS)
     grids = crop_grids(config, image_sizes, caller)
     num_crops = [1 + rows * cols for rows, cols in grids]
-    if pixel_values.dim() == 5:
-        pixel_values = torch.cat(
-            [pixels[:count] for pixels, count in zip(pixel_values, num_crops)], dim=0
-        )
-    elif pixel_values.dim() != 4:
-        raise ValueError(
-            f"{caller}: `pixel_values` must be [B, crops, 3, H, W] or [crops, 3, H, W], "
-            f"got shape {tuple(pixel_values.shape)}"
-        )
+    pixel_values = stacked_crops(pixel_values, num_crops, caller)
     if pixel_values.shape[0] != sum(num_crops):
         raise ValueError(
             f"{caller}: `pixel_values` holds {pixel_values.shape[0]} crops, but `image_sizes` and "

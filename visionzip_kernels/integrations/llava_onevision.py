@@ -59,7 +59,7 @@ from transformers.models.llava_onevision.modeling_llava_onevision import image_s
 from .budget import Budget
 from .encoder import layer_number, visionzip_features
 from .handle import InstancePatch, bind_methods
-from .llava_next import crop_grid, llava_next_image_tokens, pack_image
+from .llava_next import crop_grid, llava_next_image_tokens, pack_image, stacked_crops
 from .vision_model import LANGUAGE_MODEL_OPTIONS, VisionZipOutput, pop_return_dict
 
 
@@ -156,15 +156,7 @@ def get_image_features(
     return_dict = pop_return_dict(kwargs, caller, ignored=LANGUAGE_MODEL_OPTIONS)
     config = model.config
     num_crops = crops_per_image(config, image_sizes, batch_num_images)
-    if pixel_values.dim() == 5:
-        pixel_values = torch.cat(
-            [pixels[:count] for pixels, count in zip(pixel_values, num_crops)], dim=0
-        )
-    elif pixel_values.dim() != 4:
-        raise ValueError(
-            f"{caller}: `pixel_values` must be [B, crops, 3, H, W] or [crops, 3, H, W], "
-            f"got shape {tuple(pixel_values.shape)}"
-        )
+    pixel_values = stacked_crops(pixel_values, num_crops, caller)
 
     tokens, dominant_idx, features = zip_and_project(model, pixel_values, budget, layer)
     crop_size = config.vision_config.image_size
