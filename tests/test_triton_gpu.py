@@ -1,11 +1,13 @@
 """The Triton backend on a CUDA GPU: parity at full size, the op under opcheck, CUDA graphs, torch.compile."""
 import zlib
+from dataclasses import replace
 
 import pytest
 import torch
 from zip_cases import DTYPES, EDGE_CASES, MODEL_CASES, SMALL_CASES, ZipCase, assert_matches_reference, make_inputs
 
 import visionzip_kernels as vz
+from visionzip_kernels.ops.zip_tokens.triton import cuda_launch_config, launch_apply, launch_plan
 
 pytestmark = pytest.mark.cuda
 
@@ -42,6 +44,28 @@ def test_matches_reference(case, dtype):
 def test_batch_sizes(batch):
     inputs = make_inputs(ZipCase(batch, 577, 1024, 16, 64, 54, 10), torch.bfloat16, device="cuda", seed=batch)
     assert_matches_reference(*vz.zip_tokens(**inputs, backend="triton"), inputs)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [ZipCase(3, 577, 1024, 16, 64, 54, 10), ZipCase(2, 729, 1152, 16, 72, 108, 20, has_cls=False, attn_layout="full")],
+    ids=str,
+)
+def test_work_split_of_small_and_large_batches_gives_the_same_plan(case):
+    """The GPU tiles for one image and for a large batch, and a split with the narrowest radix
+    passes and token blocks, give the same plan bit for bit, and the reference's tokens."""
+    inputs = make_inputs(case, torch.bfloat16, device="cuda", seed=seed_of(case))
+    small = cuda_launch_config(132, 1, case.n_tokens, case.width, case.k_ctx)
+    large = cuda_launch_config(132, 512, case.n_tokens, case.width, case.k_ctx)
+    narrow = replace(small, radix_bits=1, block_m=16, assign_block_t=4, column_block=32)
+    plans = []
+    for config in (small, large, narrow):
+        plan = launch_plan(*op_args(inputs), config)
+        tokens = launch_apply(inputs["hidden"], plan, case.k_dom, case.k_ctx, config)
+        assert_matches_reference(tokens, plan.dominant_idx, inputs)
+        plans.append(plan)
+    for plan in plans[1:]:
+        assert torch.equal(plan.destination, plans[0].destination) and torch.equal(plan.targets, plans[0].targets)
 
 
 def test_same_answer_as_cpu_backend_and_deterministic():
