@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from varlen_cases import assert_zip_varlen_matches_reference, make_packed
 from zip_cases import DTYPES, EDGE_CASES, SMALL_CASES, ZipCase, assert_matches_reference, make_inputs
 
 import visionzip_kernels as vz
@@ -26,6 +27,7 @@ from visionzip_kernels.ops.zip_tokens.triton import (
     launch_apply,
     launch_plan,
 )
+from visionzip_kernels.ops.zip_tokens_varlen.triton import launch_zip_tokens_varlen
 
 
 def seed_of(case: ZipCase) -> int:
@@ -78,8 +80,21 @@ TILING_INPUTS = {
     "nocls-full-heads": lambda: make_inputs(
         ZipCase(1, 70, 96, 4, 16, 9, 21, has_cls=False, attn_layout="full", key_layout="heads"), torch.float16, seed=11
     ),
+    "cls-hidden-metric": lambda: make_inputs(
+        ZipCase(2, 53, 24, 3, 8, 7, 18, key_layout="none"), torch.bfloat16, seed=12
+    ),
     "ties-and-non-finite": tie_heavy_inputs,
 }
+
+
+def packed_tiling_inputs(dtype: torch.dtype, with_keys: bool) -> tuple[dict, list[int], list[int]]:
+    """A packed batch for the varlen kernels: a one-token segment, a segment without contextual
+    tokens, one with two target blocks (k_ctx = 19) and sizes that are not powers of two; ties."""
+    sizes = (37, 1, 90, 13, 5)
+    packed = make_packed(sizes, 24, 6, dtype, seed=13, with_keys=with_keys)
+    packed["importance"][40:60] = 0.5
+    packed["importance"][[3, 45]] = float("nan")
+    return packed, [10, 1, 30, 5, 2], [4, 0, 19, 1, 3]
 
 
 def tilings(n_tokens: int, width: int, k_ctx: int) -> list[LaunchConfig]:
@@ -129,6 +144,16 @@ class TestInterpreted:
             tokens = launch_apply(inputs["hidden"], plan, inputs["k_dom"], inputs["k_ctx"], config)
             assert_matches_reference(tokens, plan.dominant_idx, inputs)
 
+    @pytest.mark.parametrize("dtype,with_keys", [(torch.float32, True), (torch.bfloat16, False)], ids=str)
+    def test_varlen_segments_split_every_way_decide_alike(self, dtype, with_keys):
+        """The varlen kernels, one segment per image, with every tiling: the kept indices are the
+        reference's bit for bit and the tokens within the tolerance (a wrong assignment is not)."""
+        packed, k_dom, k_ctx = packed_tiling_inputs(dtype, with_keys)
+        args = (packed["hidden"], packed["importance"], packed["cu_seqlens"], packed["seqlens"], k_dom, k_ctx)
+        for config in tilings(max(packed["seqlens"]), packed["hidden"].shape[1], max(k_ctx)):
+            outputs = launch_zip_tokens_varlen(*args, packed["keys"], config)
+            assert_zip_varlen_matches_reference(outputs, packed, k_dom, k_ctx)
+
     @pytest.mark.parametrize("column_block", [8, 32])
     def test_column_sums_are_the_reference_rows(self, column_block):
         """A full map without CLS: per-head column sums over queries, bit for bit, any column block."""
@@ -165,6 +190,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from visionzip_kernels.ops.zip_tokens.triton import cuda_launch_config
 from visionzip_kernels.ops.zip_tokens.triton_kernels import apply_kernel, assign_kernel, column_sum_kernel, select_kernel
+from visionzip_kernels.ops.zip_tokens_varlen import triton_kernels as varlen
 
 def ptx(kernel, pointers, constexprs, aligned=(), **options):
     # PTX for sm_90; `aligned` names the arguments that are multiples of 16, as the JIT marks them.
@@ -211,6 +237,25 @@ assert re.search(r"cp\\.async\\.cg\\.shared\\.global[^;]*, 0x10", apply["ptx"]),
 row_tile = f"x{config.block_j}x{config.block_c}xbf16"
 buffers = [int(n) for n in re.findall(r"memdesc<(\\d+)" + row_tile, apply["ttgir"])]
 assert buffers and max(buffers) >= 2, f"fewer than two row tiles in flight: {buffers}"
+
+# The varlen kernels are the same stages: unfused plan arithmetic, the same row stream.
+segments = {"cu_ptr": "*i64", "budget_ptr": "*i64", "destination_ptr": "*i32", "target_ptr": "*i32"}
+varlen_assign = ptx(
+    varlen.assign_kernel, {"key_ptr": "*bf16", **segments}, dict(BLOCK_M=32, BLOCK_T=16, UNROLL=64)
+)["ptx"]
+assert_unfused("varlen assign_kernel", varlen_assign)
+assert "mul.rn.f32" in varlen_assign and "div.rn.f32" in varlen_assign and "sqrt.rn.f32" in varlen_assign
+varlen_apply = ptx(
+    varlen.apply_kernel,
+    {"hidden_ptr": "*bf16", "kept_ptr": "*i64", "target_row_ptr": "*i32", "out_ptr": "*bf16", **segments},
+    dict(BLOCK_J=config.block_j, BLOCK_C=config.block_c, BLOCK_T=config.apply_block_t, hidden_channel_stride=1),
+    aligned=("hidden_token_stride", "width"),
+    num_warps=config.apply_warps, num_stages=config.apply_stages,
+)
+assert "mma" in varlen_apply["ptx"]
+assert re.search(r"cp\\.async\\.cg\\.shared\\.global[^;]*, 0x10", varlen_apply["ptx"]), "varlen rows not in 16-byte copies"
+buffers = [int(n) for n in re.findall(r"memdesc<(\\d+)" + row_tile, varlen_apply["ttgir"])]
+assert buffers and max(buffers) >= 2, f"fewer than two varlen row tiles in flight: {buffers}"
 """
 
 

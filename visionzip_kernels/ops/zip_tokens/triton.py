@@ -151,6 +151,12 @@ def _key_layout(hidden: torch.Tensor, keys: torch.Tensor | None) -> tuple[torch.
     return metric, 1, (stride[0], 0, stride[1], stride[2])
 
 
+def assign_unroll(key_heads: int) -> int:
+    """``assign_kernel``'s channel-loop unrolling for keys of ``key_heads`` heads: about 64 loads per
+    row in flight, a whole 64-channel key row in one round trip."""
+    return max(4, 64 // key_heads)
+
+
 def launch_plan(hidden, attn, k_dom, k_ctx, keys, has_cls, config: LaunchConfig) -> TritonPlan:
     """Decide every index for validated arguments (``batch >= 1``): the plan's launches."""
     batch, n_tokens, _ = (int(size) for size in hidden.shape)
@@ -170,8 +176,7 @@ def launch_plan(hidden, attn, k_dom, k_ctx, keys, has_cls, config: LaunchConfig)
         assign_kernel[(batch, triton.cdiv(n_tokens, config.block_m))](
             metric, *key_strides, destination, targets, n_tokens, int(metric.shape[-1]), k_ctx,
             KEY_HEADS=key_heads, BLOCK_M=config.block_m, BLOCK_T=config.assign_block_t,
-            # About 64 loads per row in flight: a whole 64-channel key row in one round trip.
-            UNROLL=max(4, 64 // key_heads), num_warps=config.assign_warps,
+            UNROLL=assign_unroll(key_heads), num_warps=config.assign_warps,
         )
     return TritonPlan(dominant_idx, destination, targets)
 

@@ -10,7 +10,12 @@ The work of one image is spread over many programs, so that a batch of one still
    every token's role (``destination``), and the target tokens (``targets``).
 3. ``assign_kernel``, grid ``(B, token blocks)``, only for ``k_ctx > 0``: each merge token of the
    block assigned to a target (unit keys, similarities in channel order, argmax).
-4. ``apply_kernel``, grid ``(B, channel blocks, target blocks)``: the output tokens.
+4. ``apply_kernel``, grid ``(B, channel blocks, target blocks)``: the output tokens; each program
+   streams only the rows merged into its target block, so ``hidden`` is read once in all.
+
+``zip_tokens_varlen``'s kernels are these stages with a packed segment in place of an image: they
+call the same helpers (``_select_dominant``, ``_split_roles``, ``_assign_merge_tokens``,
+``_copy_rows``, ``_contextual_rows``), which take pointers already at one image.
 
 No program reads what another program of the same launch writes: each launch reads its inputs and
 what earlier launches wrote, and writes elements that no other program of it touches. So no program
@@ -121,6 +126,19 @@ def _select_dominant(score, tok, valid, k_dom, HAS_CLS: tl.constexpr, RADIX_BITS
     return above | ((tied > 0) & (tied_before < quota))
 
 
+@helper
+def _split_roles(keep, tok, valid, k_ctx, step):
+    """``(dominant_slot, remaining_pos, is_target)`` of tokens ``tok`` given the dominant mask
+    ``keep``: a dominant token's output slot (its rank among the kept), every token's position in
+    the list of the remaining ones, and whether it is a target (positions ``0, step, 2 * step, ...``,
+    the first ``k_ctx`` of them). Every other valid, not kept token is a merge token."""
+    kept = keep.to(tl.int32)
+    dominant_slot = tl.cumsum(kept, axis=0) - kept
+    remaining_pos = tok - dominant_slot
+    is_target = valid & ~keep & (remaining_pos % step == 0) & (remaining_pos < k_ctx * step)
+    return dominant_slot, remaining_pos, is_target
+
+
 @triton.jit
 def select_kernel(
     attn_ptr, attn_batch_stride, attn_head_stride, attn_token_stride,
@@ -146,10 +164,7 @@ def select_kernel(
     )
     keep = _select_dominant(score, tok, valid, k_dom, HAS_CLS, RADIX_BITS)
 
-    kept = keep.to(tl.int32)
-    dominant_slot = tl.cumsum(kept, axis=0) - kept
-    remaining_pos = tok - dominant_slot
-    is_target = valid & ~keep & (remaining_pos % step == 0) & (remaining_pos < k_ctx * step)
+    dominant_slot, remaining_pos, is_target = _split_roles(keep, tok, valid, k_ctx, step)
     tl.store(dominant_ptr + b * k_dom + dominant_slot, tok.to(tl.int64), mask=keep)
     destination = tl.where(keep, -2 - dominant_slot, tl.where(is_target, -1, 0))
     tl.store(destination_ptr + b * n_tokens + tok, destination, mask=valid)
@@ -186,51 +201,42 @@ def _unit(value, norm):
     return tl.where(positive, div_rn(value, tl.where(positive, norm, 1.0)), 0.0)
 
 
-@triton.jit
-def assign_kernel(
-    key_ptr, key_batch_stride, key_head_stride, key_token_stride, key_channel_stride,
-    destination_ptr, target_ptr,
-    n_tokens, key_width, k_ctx,
+@helper
+def _assign_merge_tokens(
+    image_keys, head_stride, token_stride, channel_stride, destination_ptr, target_ptr,
+    tok, n_tokens, key_width, k_ctx,
     KEY_HEADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, UNROLL: tl.constexpr,
 ):
-    """Program ``(b, blk)``: the target slot of each merge token among image ``b``'s tokens
-    ``[blk * BLOCK_M, (blk + 1) * BLOCK_M)``, written into ``destination``.
+    """The target slot of each merge token among one image's tokens ``tok`` (``BLOCK_M`` of them),
+    written into ``destination``.
 
+    Pointers are at the image: its keys, its ``destination`` (``[N]``) and ``targets`` (``[k_ctx]``).
     Similarities are dot products of unit keys in channel order, over ``BLOCK_T`` targets at a time
-    (each program computes the targets' unit keys itself, in the same order, so every program sees
-    the same bits); the best target is the largest similarity, equal ones to the lower target, NaN
-    below every number. keys: ``[B, H, N, Dk]`` (``KEY_HEADS = H``), or ``[B, N, Dk]`` keys or
-    hidden states (``KEY_HEADS = 1``, head stride unused), any float dtype, through strides.
-    destination and targets: ``select_kernel``'s workspaces; only merge tokens' entries are
-    rewritten. A block without merge tokens does nothing. The loops over channels are unrolled
-    ``UNROLL`` times, so that the loads of that many channels can be in flight together.
+    (every caller computes the targets' unit keys itself, in the same order, so all see the same
+    bits); the best target is the largest similarity, equal ones to the lower target, NaN below
+    every number. Only merge tokens' entries are rewritten; tokens without one cost nothing. The
+    loops over channels are unrolled ``UNROLL`` times, so that the loads of that many channels can
+    be in flight together.
     """
-    b = tl.program_id(0).to(tl.int64)
-    tok = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    destination_ptr += b * n_tokens
     destination = tl.load(destination_ptr + tok, mask=tok < n_tokens, other=-1)
     is_merge = destination >= 0
     if tl.max(is_merge.to(tl.int32), axis=0) > 0:
-        image_keys = key_ptr + b * key_batch_stride
-        rows = image_keys + tok.to(tl.int64) * key_token_stride
-        norm = _key_norms(rows, key_head_stride, key_channel_stride, is_merge, key_width, KEY_HEADS, UNROLL)
+        rows = image_keys + tok.to(tl.int64) * token_stride
+        norm = _key_norms(rows, head_stride, channel_stride, is_merge, key_width, KEY_HEADS, UNROLL)
 
         best = tl.full([BLOCK_M], float("-inf"), tl.float32)
         best_slot = tl.zeros([BLOCK_M], tl.int32)
         for first_slot in range(0, k_ctx, BLOCK_T):
             slot = first_slot + tl.arange(0, BLOCK_T)
             has_slot = slot < k_ctx
-            target_tok = tl.load(target_ptr + b * k_ctx + slot, mask=has_slot, other=0)
-            target_rows = image_keys + target_tok.to(tl.int64) * key_token_stride
-            target_norm = _key_norms(
-                target_rows, key_head_stride, key_channel_stride, has_slot, key_width, KEY_HEADS, UNROLL
-            )
+            target_tok = tl.load(target_ptr + slot, mask=has_slot, other=0)
+            target_rows = image_keys + target_tok.to(tl.int64) * token_stride
+            target_norm = _key_norms(target_rows, head_stride, channel_stride, has_slot, key_width, KEY_HEADS, UNROLL)
             sim = tl.zeros([BLOCK_M, BLOCK_T], tl.float32)
             for channel in tl.range(0, key_width, loop_unroll_factor=UNROLL):
-                unit = _unit(_metric(rows, channel, key_head_stride, key_channel_stride, is_merge, KEY_HEADS), norm)
+                unit = _unit(_metric(rows, channel, head_stride, channel_stride, is_merge, KEY_HEADS), norm)
                 target_unit = _unit(
-                    _metric(target_rows, channel, key_head_stride, key_channel_stride, has_slot, KEY_HEADS),
-                    target_norm,
+                    _metric(target_rows, channel, head_stride, channel_stride, has_slot, KEY_HEADS), target_norm
                 )
                 sim += mul_rn(unit[:, None], target_unit[None, :])
             sim = tl.where(has_slot[None, :] & (sim == sim), sim, float("-inf"))
@@ -243,6 +249,78 @@ def assign_kernel(
 
 
 @triton.jit
+def assign_kernel(
+    key_ptr, key_batch_stride, key_head_stride, key_token_stride, key_channel_stride,
+    destination_ptr, target_ptr,
+    n_tokens, key_width, k_ctx,
+    KEY_HEADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, UNROLL: tl.constexpr,
+):
+    """Program ``(b, blk)``: ``_assign_merge_tokens`` for image ``b``'s tokens
+    ``[blk * BLOCK_M, (blk + 1) * BLOCK_M)``.
+
+    keys: ``[B, H, N, Dk]`` (``KEY_HEADS = H``), or ``[B, N, Dk]`` keys or hidden states
+    (``KEY_HEADS = 1``, head stride unused), any float dtype, through strides. destination and
+    targets: ``select_kernel``'s workspaces.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    tok = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    _assign_merge_tokens(
+        key_ptr + b * key_batch_stride, key_head_stride, key_token_stride, key_channel_stride,
+        destination_ptr + b * n_tokens, target_ptr + b * k_ctx, tok, n_tokens, key_width, k_ctx,
+        KEY_HEADS, BLOCK_M, BLOCK_T, UNROLL,
+    )
+
+
+@helper
+def _copy_rows(hidden, token_stride, src_tok, out, out_token_stride, out_row, mask):
+    """Rows ``src_tok`` of one image's channel block (``hidden``: ``[1, BLOCK_C]`` pointers at its
+    channels) copied exactly to output rows ``out_row`` (``out``: the output's channel pointers)."""
+    rows = tl.load(hidden + src_tok.to(tl.int64)[:, None] * token_stride, mask=mask)
+    tl.store(out + out_row.to(tl.int64)[:, None] * out_token_stride, rows, mask=mask)
+
+
+@helper
+def _contextual_rows(
+    hidden, token_stride, destination_ptr, target_ptr, n_tokens, first_slot, k_ctx, has_channel,
+    out_dtype: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """``[BLOCK_T, BLOCK_C]`` contextual rows of target slots ``first_slot + [0, BLOCK_T)`` (those
+    ``< k_ctx``; the others are 0) for one image's channel block: ``hidden[target] + sum / members``
+    in float32 (``hidden[target]`` where none was merged), rounded once to ``out_dtype``.
+
+    ``hidden``: ``[1, BLOCK_C]`` pointers at the image's channels; ``destination_ptr`` and
+    ``target_ptr``: the image's ``[N]`` roles and ``[k_ctx]`` target tokens. The target rows are
+    loaded first, so that their latency hides behind the stream. The stream reads the image's
+    tokens ``BLOCK_J`` at a time, and of their rows only those merged into these slots (dominant
+    and target rows, and merge rows of other slots, are masked out), so that the programs of all
+    target blocks together read each row of ``hidden`` once. The rows feed only a one-hot
+    ``tl.dot`` (float32 accumulation, exact products for finite values), so Triton pipelines
+    their loads behind the ``destination`` load of the same step.
+    """
+    slot = first_slot + tl.arange(0, BLOCK_T)
+    has_slot = slot < k_ctx
+    target_tok = tl.load(target_ptr + slot, mask=has_slot, other=0)
+    target = tl.load(
+        hidden + target_tok.to(tl.int64)[:, None] * token_stride, mask=has_slot[:, None] & has_channel[None, :],
+        other=0.0,
+    )
+    sums = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
+    members = tl.zeros([BLOCK_T], tl.float32)
+    for first_tok in range(0, n_tokens, BLOCK_J):
+        tok = first_tok + tl.arange(0, BLOCK_J)
+        destination = tl.load(destination_ptr + tok, mask=tok < n_tokens, other=-1)
+        in_block = (destination >= first_slot) & (destination < first_slot + BLOCK_T)
+        rows = tl.load(
+            hidden + tok.to(tl.int64)[:, None] * token_stride, mask=in_block[:, None] & has_channel[None, :], other=0.0
+        )
+        member = destination[None, :] == slot[:, None]
+        # One-hot [T, J] x rows [J, C] into float32 sums: tensor cores for 16-bit rows.
+        sums = dot_f32(member, rows, sums)
+        members += tl.sum(member.to(tl.float32), axis=1)
+    return round_to(target.to(tl.float32) + sums / tl.maximum(members, 1.0)[:, None], out_dtype)
+
+
+@triton.jit
 def apply_kernel(
     hidden_ptr, hidden_batch_stride, hidden_token_stride, hidden_channel_stride,
     dominant_ptr, destination_ptr, target_ptr, out_ptr, out_batch_stride, out_token_stride,
@@ -251,15 +329,11 @@ def apply_kernel(
 ):
     """Program ``(b, c, t)``: channels ``[c * BLOCK_C, (c + 1) * BLOCK_C)`` of image ``b``'s output.
 
-    Programs with ``t == 0`` copy the dominant rows exactly (a gather by ``dominant_idx``). Each
-    program then streams the image's merge rows ``BLOCK_J`` tokens at a time (dominant and target
-    rows are masked out of the stream, so ``hidden`` is read once in all) and sums those of its
-    ``BLOCK_T`` target slots with a one-hot ``tl.dot`` (float32 accumulation, exact products for
-    finite values); the streamed rows feed only the dot, so Triton pipelines their loads. It
-    writes ``hidden[target] + sum / members`` (``hidden[target]`` where there are none), rounded
-    once to the output dtype. hidden: ``[B, N, D]`` any float dtype, through strides; out:
-    ``[B, k_dom + k_ctx, D]`` hidden's dtype, unit channel stride; dominant: ``[B, k_dom]`` int64;
-    destination and targets: the plan's workspaces.
+    Programs with ``t == 0`` copy the dominant rows exactly (a gather by ``dominant_idx``, ``BLOCK_J``
+    rows at a time); each program writes the contextual rows of its ``BLOCK_T`` target slots
+    (``_contextual_rows``). So ``hidden`` is read once in all. hidden: ``[B, N, D]`` any float
+    dtype, through strides; out: ``[B, k_dom + k_ctx, D]`` hidden's dtype, unit channel stride;
+    dominant: ``[B, k_dom]`` int64; destination and targets: the plan's workspaces.
     """
     b = tl.program_id(0).to(tl.int64)
     channel = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -270,35 +344,19 @@ def apply_kernel(
     if tl.program_id(2) == 0:
         for first_slot in range(0, k_dom, BLOCK_J):
             dominant_slot = first_slot + tl.arange(0, BLOCK_J)
-            mask = (dominant_slot < k_dom)[:, None] & has_channel[None, :]
-            dominant_tok = tl.load(dominant_ptr + b * k_dom + dominant_slot, mask=dominant_slot < k_dom, other=0)
-            rows = tl.load(hidden + dominant_tok[:, None] * hidden_token_stride, mask=mask)
-            tl.store(out + dominant_slot.to(tl.int64)[:, None] * out_token_stride, rows, mask=mask)
+            has_dominant = dominant_slot < k_dom
+            dominant_tok = tl.load(dominant_ptr + b * k_dom + dominant_slot, mask=has_dominant, other=0)
+            _copy_rows(
+                hidden, hidden_token_stride, dominant_tok, out, out_token_stride, dominant_slot,
+                has_dominant[:, None] & has_channel[None, :],
+            )
 
     if HAS_CONTEXT:
-        slot = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)
-        has_slot = slot < k_ctx
-        mask = has_slot[:, None] & has_channel[None, :]
-        # The target rows are loaded first, so that their latency hides behind the stream's.
-        target_tok = tl.load(target_ptr + b * k_ctx + slot, mask=has_slot, other=0)
-        target = tl.load(hidden + target_tok.to(tl.int64)[:, None] * hidden_token_stride, mask=mask, other=0.0)
-        destination_ptr += b * n_tokens
-        sums = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
-        members = tl.zeros([BLOCK_T], tl.float32)
-        for first_tok in range(0, n_tokens, BLOCK_J):
-            tok = first_tok + tl.arange(0, BLOCK_J)
-            destination = tl.load(destination_ptr + tok, mask=tok < n_tokens, other=-1)
-            # Only merge rows are read (non-finite values in other rows never reach the sums); Triton
-            # pipelines this load behind the plan's, given enough stages (apply_stages).
-            rows = tl.load(
-                hidden + tok.to(tl.int64)[:, None] * hidden_token_stride,
-                mask=(destination >= 0)[:, None] & has_channel[None, :], other=0.0,
-            )
-            member = destination[None, :] == slot[:, None]
-            # One-hot [T, J] x rows [J, C] into float32 sums: tensor cores for 16-bit rows.
-            sums = dot_f32(member, rows, sums)
-            members += tl.sum(member.to(tl.float32), axis=1)
-
-        merged = target.to(tl.float32) + sums / tl.maximum(members, 1.0)[:, None]
+        first_slot = tl.program_id(2) * BLOCK_T
+        merged = _contextual_rows(
+            hidden, hidden_token_stride, destination_ptr + b * n_tokens, target_ptr + b * k_ctx, n_tokens,
+            first_slot, k_ctx, has_channel, out_ptr.dtype.element_ty, BLOCK_J, BLOCK_T, BLOCK_C,
+        )
+        slot = first_slot + tl.arange(0, BLOCK_T)
         out_row = (k_dom + slot).to(tl.int64)[:, None] * out_token_stride
-        tl.store(out + out_row, round_to(merged, out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out + out_row, merged, mask=(slot < k_ctx)[:, None] & has_channel[None, :])
