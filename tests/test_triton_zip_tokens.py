@@ -73,7 +73,7 @@ def tie_heavy_inputs() -> dict:
     keys = torch.randint(-1, 2, (2, 90, 6), generator=gen).float()
     keys[:, ::9] = 0.0
     hidden = torch.randn(2, 90, 40, generator=gen)
-    return dict(hidden=hidden, attn=scores, k_dom=23, k_ctx=19, keys=keys, has_cls=True)
+    return dict(hidden=hidden, attn=scores, k_dom=23, k_ctx=35, keys=keys, has_cls=True)
 
 
 TILING_INPUTS = {
@@ -253,7 +253,7 @@ varlen_apply = ptx(
     num_warps=config.apply_warps, num_stages=config.apply_stages,
 )
 assert "mma" in varlen_apply["ptx"]
-assert re.search(r"cp\\.async\\.cg\\.shared\\.global[^;]*, 0x10", varlen_apply["ptx"]), "varlen rows not in 16-byte copies"
+assert re.search(r"cp\\.async\\.cg\\.shared\\.global[^;]*, 0x10", varlen_apply["ptx"]), "varlen rows: not 16 B"
 buffers = [int(n) for n in re.findall(r"memdesc<(\\d+)" + row_tile, varlen_apply["ttgir"])]
 assert buffers and max(buffers) >= 2, f"fewer than two varlen row tiles in flight: {buffers}"
 """

@@ -165,7 +165,8 @@ def select_kernel(
     keep = _select_dominant(score, tok, valid, k_dom, HAS_CLS, RADIX_BITS)
 
     dominant_slot, remaining_pos, is_target = _split_roles(keep, tok, valid, k_ctx, step)
-    tl.store(dominant_ptr + b * k_dom + dominant_slot, tok.to(tl.int64), mask=keep)
+    # The selection keeps exactly k_dom tokens; the bound keeps every store in the image's row regardless.
+    tl.store(dominant_ptr + b * k_dom + dominant_slot, tok.to(tl.int64), mask=keep & (dominant_slot < k_dom))
     destination = tl.where(keep, -2 - dominant_slot, tl.where(is_target, -1, 0))
     tl.store(destination_ptr + b * n_tokens + tok, destination, mask=valid)
     tl.store(target_ptr + b * tl.maximum(k_ctx, 1) + remaining_pos // step, tok, mask=is_target)
@@ -230,13 +231,14 @@ def _assign_merge_tokens(
             slot = first_slot + tl.arange(0, BLOCK_T)
             has_slot = slot < k_ctx
             target_tok = tl.load(target_ptr + slot, mask=has_slot, other=0)
+            has_target = has_slot & (target_tok >= 0) & (target_tok < n_tokens)  # in the image, whatever was written
             target_rows = image_keys + target_tok.to(tl.int64) * token_stride
-            target_norm = _key_norms(target_rows, head_stride, channel_stride, has_slot, key_width, KEY_HEADS, UNROLL)
+            target_norm = _key_norms(target_rows, head_stride, channel_stride, has_target, key_width, KEY_HEADS, UNROLL)
             sim = tl.zeros([BLOCK_M, BLOCK_T], tl.float32)
             for channel in tl.range(0, key_width, loop_unroll_factor=UNROLL):
                 unit = _unit(_metric(rows, channel, head_stride, channel_stride, is_merge, KEY_HEADS), norm)
                 target_unit = _unit(
-                    _metric(target_rows, channel, head_stride, channel_stride, has_slot, KEY_HEADS), target_norm
+                    _metric(target_rows, channel, head_stride, channel_stride, has_target, KEY_HEADS), target_norm
                 )
                 sim += mul_rn(unit[:, None], target_unit[None, :])
             sim = tl.where(has_slot[None, :] & (sim == sim), sim, float("-inf"))
@@ -300,8 +302,9 @@ def _contextual_rows(
     slot = first_slot + tl.arange(0, BLOCK_T)
     has_slot = slot < k_ctx
     target_tok = tl.load(target_ptr + slot, mask=has_slot, other=0)
+    has_target = has_slot & (target_tok >= 0) & (target_tok < n_tokens)  # in the image, whatever was written
     target = tl.load(
-        hidden + target_tok.to(tl.int64)[:, None] * token_stride, mask=has_slot[:, None] & has_channel[None, :],
+        hidden + target_tok.to(tl.int64)[:, None] * token_stride, mask=has_target[:, None] & has_channel[None, :],
         other=0.0,
     )
     sums = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)

@@ -137,7 +137,8 @@ def apply_kernel(
             has_tok = (row < n_kept) & (kept_tok >= 0) & (kept_tok < n_tokens)
             role = tl.load(destination_ptr + kept_tok, mask=has_tok, other=-1)
             is_dominant = has_tok & (role == -2 - row)
-            _copy_rows(hidden, hidden_token_stride, kept_tok, out, width, row, is_dominant[:, None] & has_channel[None, :])
+            mask = is_dominant[:, None] & has_channel[None, :]
+            _copy_rows(hidden, hidden_token_stride, kept_tok, out, width, row, mask)
 
     first_slot = tl.program_id(2) * BLOCK_T
     if first_slot < k_ctx:
