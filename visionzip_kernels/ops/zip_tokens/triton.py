@@ -210,7 +210,7 @@ def launch_zip_tokens(hidden, attn, k_dom, k_ctx, keys, has_cls, config: LaunchC
 
 
 def zip_tokens_triton(hidden, attn, k_dom: int, k_ctx: int, keys=None, has_cls: bool = True):
-    """``visionzip::_zip_tokens_triton``: ``op.py``'s validation, then both launches (the op is
+    """``visionzip::_zip_tokens_triton``: ``op.py``'s validation, then every launch (the op is
     public through ``torch.ops``, and no input may reach a kernel that cannot handle it)."""
     from .op import check_zip_tokens_args
 
