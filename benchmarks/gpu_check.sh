@@ -16,6 +16,9 @@
 #                           per-kernel plan/apply times, the published provider beside them
 #   ncu_driver.py, ncu.log, zip_tokens.ncu-rep, ncu_details.csv, ncu_summary.txt
 #                           ncu --set basic over each backend's kernels at B = 1 and 256 (CLIP, bf16)
+#   apply_tiles.log, triton_apply_tiles_<gpu>.csv
+#                           benchmarks/bench_triton_apply_tiles.py: the Triton apply kernel alone with
+#                           its chosen tiles and variants, B = 1 8 256, fraction of copy bandwidth
 # The interpreter tests (test_interpreted_in_subprocess, tests/test_triton_zip_tokens.py) are left
 # out: they need no GPU and run in CI.
 set -u
@@ -113,6 +116,12 @@ for (launch, name), metrics in launches.items():
 PY
 fi
 
+el apply-tiles
+timeout "$(left 60)" python3 benchmarks/bench_triton_apply_tiles.py --batches 1 8 256 --results-dir "$DIR" \
+  > "$DIR/apply_tiles.log" 2>&1
+echo "apply-tiles rc=$?"
+
 el done
 cat "$DIR/ncu_summary.txt" 2>/dev/null
 tail -50 "$DIR/bench.log"
+tail -25 "$DIR/apply_tiles.log"

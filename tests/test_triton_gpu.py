@@ -1,11 +1,15 @@
 """The Triton backend on a CUDA GPU: parity at full size, the op under opcheck, CUDA graphs, torch.compile."""
 import zlib
+from dataclasses import replace
 
 import pytest
 import torch
+from varlen_cases import assert_zip_varlen_matches_reference, make_packed
 from zip_cases import DTYPES, EDGE_CASES, MODEL_CASES, SMALL_CASES, ZipCase, assert_matches_reference, make_inputs
 
 import visionzip_kernels as vz
+from visionzip_kernels.ops.zip_tokens.triton import cuda_launch_config, launch_apply, launch_plan
+from visionzip_kernels.ops.zip_tokens_varlen.triton import launch_zip_tokens_varlen
 
 pytestmark = pytest.mark.cuda
 
@@ -38,10 +42,51 @@ def test_matches_reference(case, dtype):
     assert_matches_reference(*vz.zip_tokens(**inputs, backend="triton"), inputs)
 
 
-@pytest.mark.parametrize("batch", [1, 7, 64, 256])
-def test_batch_sizes(batch):
-    inputs = make_inputs(ZipCase(batch, 577, 1024, 16, 64, 54, 10), torch.bfloat16, device="cuda", seed=batch)
+@pytest.mark.parametrize("batch", [1, 5, 7, 8, 64, 256])
+@pytest.mark.parametrize("has_cls", [True, False], ids=["clip-l-336", "siglip-384"])
+def test_batch_sizes(batch, has_cls):
+    """CLIP-L/336 (N=577, D=1024, CLS) and SigLIP-384 (N=729, D=1152, no CLS) at 54+10, bf16, at the
+    batches whose launch tiles differ (one image, LLaVA-NeXT's 5 crops, 8, and batches that fill the GPU)."""
+    case = ZipCase(batch, 577, 1024, 16, 64, 54, 10) if has_cls else ZipCase(batch, 729, 1152, 16, 72, 54, 10, False)
+    inputs = make_inputs(case, torch.bfloat16, device="cuda", seed=batch)
     assert_matches_reference(*vz.zip_tokens(**inputs, backend="triton"), inputs)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [ZipCase(3, 577, 1024, 16, 64, 54, 10), ZipCase(2, 729, 1152, 16, 72, 108, 20, has_cls=False, attn_layout="full")],
+    ids=str,
+)
+def test_work_split_of_small_and_large_batches_gives_the_same_plan(case):
+    """The GPU tiles for one image and for a large batch, and a split with the narrowest radix
+    passes and token blocks, give the same plan bit for bit, and the reference's tokens."""
+    inputs = make_inputs(case, torch.bfloat16, device="cuda", seed=seed_of(case))
+    small = cuda_launch_config(132, 1, case.n_tokens, case.width, case.k_ctx)
+    large = cuda_launch_config(132, 512, case.n_tokens, case.width, case.k_ctx)
+    narrow = replace(small, radix_bits=1, block_m=16, assign_block_t=4, column_block=32)
+    plans = []
+    for config in (small, large, narrow):
+        plan = launch_plan(*op_args(inputs), config)
+        tokens = launch_apply(inputs["hidden"], plan, case.k_dom, case.k_ctx, config)
+        assert_matches_reference(tokens, plan.dominant_idx, inputs)
+        plans.append(plan)
+    for plan in plans[1:]:
+        assert torch.equal(plan.destination, plans[0].destination) and torch.equal(plan.targets, plans[0].targets)
+
+
+@pytest.mark.parametrize("batch_tiles", [1, 512])
+def test_varlen_work_split_gives_the_reference(batch_tiles):
+    """zip_tokens_varlen on Qwen2.5-VL-like segments (the largest one of CLIP-L's size) with the GPU
+    tiles of one image, of a large batch and the narrowest split: the reference's kept indices."""
+    sizes = (577, 391, 1, 1036, 64)
+    packed = make_packed(sizes, 1280, 80, torch.bfloat16, seed=batch_tiles)
+    k_dom = [int(0.1 * size) for size in sizes]
+    k_ctx = [max(int(0.05 * size), 1) for size in sizes]
+    config = cuda_launch_config(132, batch_tiles, max(sizes), 1280, max(k_ctx))
+    cuda = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in packed.items()}
+    args = (cuda["hidden"], cuda["importance"], cuda["cu_seqlens"], list(sizes), k_dom, k_ctx, cuda["keys"])
+    for tiles in (config, replace(config, radix_bits=1, block_m=16, assign_block_t=4)):
+        assert_zip_varlen_matches_reference(launch_zip_tokens_varlen(*args, tiles), packed, k_dom, k_ctx)
 
 
 def test_same_answer_as_cpu_backend_and_deterministic():
