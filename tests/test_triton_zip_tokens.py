@@ -110,12 +110,18 @@ def tilings(n_tokens: int, width: int, k_ctx: int) -> list[LaunchConfig]:
     ]
 
 
+def one_dtype_per_case(cases: list[ZipCase]) -> list[tuple[ZipCase, torch.dtype]]:
+    """Each case with one dtype, rotated so that within every size and CLS setting each ``attn``
+    layout and each key layout meets every dtype (a Latin square over the 3 x 3 layouts): the
+    interpreter is slow, and the full cross product runs on the C++ backend and the GPU."""
+    return [(case, DTYPES[(i + i // 3) % len(DTYPES)]) for i, case in enumerate(cases)]
+
+
 @pytest.mark.skipif(
     not triton_interpreter_on(), reason="CUDA machine: test_interpreted_in_subprocess runs these"
 )
 class TestInterpreted:
-    @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-    @pytest.mark.parametrize("case", SMALL_CASES + EDGE_CASES, ids=str)
+    @pytest.mark.parametrize("case, dtype", one_dtype_per_case(SMALL_CASES + EDGE_CASES), ids=str)
     def test_matches_reference(self, case, dtype):
         inputs = make_inputs(case, dtype, seed=seed_of(case))
         assert_matches_reference(*vz.zip_tokens(**inputs, backend="triton"), inputs)
