@@ -2,7 +2,7 @@
 // wrapper over one PTX instruction or intrinsic: element loads converted to float32, asynchronous
 // global -> shared copies (sm_80+), and the m16n8k16 tensor-core product with float32 accumulation.
 //
-// The kernels (attention_importance_cuda.cuh, zip_tokens_cuda.cuh, zip_merge_cuda.cuh) use nothing
+// The kernels (attention_importance_cuda.cuh, zip_tokens_cuda.cuh, zip_apply_cuda.cuh) use nothing
 // else of the device but threadIdx, blockIdx, blockDim, __syncthreads, __syncwarp, the warp
 // shuffles, __match_any_sync, __popc, __ffs, integer atomics on shared memory, static __shared__
 // arrays and float32 math (with the explicit round-to-nearest intrinsics), so that

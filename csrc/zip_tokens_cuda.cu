@@ -6,10 +6,10 @@
 // three, at the top of that file):
 //   1. zip_select_kernel: grid B, 1024 threads: dominant_idx, the remaining tokens;
 //   2. zip_assign_kernel (k_ctx > 0): grid B x position blocks, 256 threads: each merge token's target;
-//   3. zip_merge_kernel (D > 0): grid B x channel blocks: tokens.
+//   3. zip_apply_kernel (D > 0): grid B x channel blocks: tokens.
 // Launch shapes come from zip_tokens_launch.h. The entry point checks its arguments first
 // (zip_tokens_checks.h) and N <= 4096. Every input is read through its strides, never copied; the
-// merge kernel uses 16-byte vectors where hidden's channels are contiguous and aligned, scalars
+// apply kernel uses 16-byte vectors where hidden's channels are contiguous and aligned, scalars
 // otherwise.
 #include <Python.h>  // first, as Python requires
 
@@ -150,12 +150,12 @@ void launch_assign(const Tensor& metric, int k_dom, int k_ctx, const DeviceLimit
 }
 
 template <typename T, int VEC>
-void launch_merge_as(const Tensor& hidden, const MergeShape& shape, size_t smem, const Tensor& plan, Tensor& tokens,
+void launch_apply_as(const Tensor& hidden, const ApplyShape& shape, size_t smem, const Tensor& plan, Tensor& tokens,
                      cudaStream_t stream) {
   using Device = typename DeviceScalar<T>::type;
   const int64_t blocks = hidden.size(0) * shape.channel_blocks;
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "zip_tokens: batch too large for one launch");
-  auto* kernel = &zip_merge_kernel<Device, VEC>;
+  auto* kernel = &zip_apply_kernel<Device, VEC>;
   allow_shared(kernel, smem);
   const HiddenInput view{hidden.stride(0), hidden.stride(1), hidden.stride(2)};
   kernel<<<static_cast<unsigned>(blocks), shape.channel_lanes * shape.row_lanes, smem, stream>>>(
@@ -165,7 +165,7 @@ void launch_merge_as(const Tensor& hidden, const MergeShape& shape, size_t smem,
 }
 
 template <typename T>
-void launch_merge(const Tensor& hidden, int k_dom, int k_ctx, const DeviceLimits& device, const Tensor& plan,
+void launch_apply(const Tensor& hidden, int k_dom, int k_ctx, const DeviceLimits& device, const Tensor& plan,
                   Tensor& tokens, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
   const int64_t batch = hidden.size(0);
@@ -174,13 +174,13 @@ void launch_merge(const Tensor& hidden, int k_dom, int k_ctx, const DeviceLimits
                           stride_multiple(hidden, 0, kVec) && stride_multiple(hidden, 1, kVec);
   size_t smem = 0;
   if (vectorised) {
-    const MergeShape shape = merge_shape(batch, n_tokens, k_dom, k_ctx, width, kVec, device, LaunchOverrides{}, smem);
-    if (shape.channel_lanes > 0) return launch_merge_as<T, kVec>(hidden, shape, smem, plan, tokens, stream);
+    const ApplyShape shape = apply_shape(batch, n_tokens, k_dom, k_ctx, width, kVec, device, LaunchOverrides{}, smem);
+    if (shape.channel_lanes > 0) return launch_apply_as<T, kVec>(hidden, shape, smem, plan, tokens, stream);
   }
-  const MergeShape shape = merge_shape(batch, n_tokens, k_dom, k_ctx, width, 1, device, LaunchOverrides{}, smem);
+  const ApplyShape shape = apply_shape(batch, n_tokens, k_dom, k_ctx, width, 1, device, LaunchOverrides{}, smem);
   TORCH_CHECK(shape.channel_lanes > 0, "zip_tokens: backend='cuda' needs more shared memory per block than the ",
               device.shared_opt_in, " bytes the device allows");
-  launch_merge_as<T, 1>(hidden, shape, smem, plan, tokens, stream);
+  launch_apply_as<T, 1>(hidden, shape, smem, plan, tokens, stream);
 }
 
 std::tuple<Tensor, Tensor> zip_tokens_cuda(const Tensor& hidden, const Tensor& attn, int64_t k_dom, int64_t k_ctx,
@@ -207,8 +207,8 @@ std::tuple<Tensor, Tensor> zip_tokens_cuda(const Tensor& hidden, const Tensor& a
                              [&] { launch_assign<scalar_t>(metric, dom, ctx, device, plan, stream); });
   }
   if (width > 0) {
-    VISIONZIP_DISPATCH_FLOAT(hidden.scalar_type(), "zip_tokens_cuda_merge",
-                             [&] { launch_merge<scalar_t>(hidden, dom, ctx, device, plan, tokens, stream); });
+    VISIONZIP_DISPATCH_FLOAT(hidden.scalar_type(), "zip_tokens_cuda_apply",
+                             [&] { launch_apply<scalar_t>(hidden, dom, ctx, device, plan, tokens, stream); });
   }
   return {tokens, dominant_idx};
 }

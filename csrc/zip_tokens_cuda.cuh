@@ -1,6 +1,6 @@
 // Device code of the CUDA C++ backend of visionzip::zip_tokens (docs/CONTRACT.md): the views of the
-// inputs, the plan that the kernels hand to each other, and the two planning kernels; the merge
-// kernel that writes the tokens is in zip_merge_cuda.cuh. Launched by csrc/zip_tokens_cuda.cu.
+// inputs, the plan that the kernels hand to each other, and the two planning kernels; the apply
+// kernel that writes the tokens is in zip_apply_cuda.cuh. Launched by csrc/zip_tokens_cuda.cu.
 //
 // The work of one image is spread over three launches, in stream order:
 //   1. zip_select_kernel, one block per image: scores, the top-k_dom and the list of remaining
@@ -10,7 +10,7 @@
 //      similarities to the k_ctx targets and the argmax, the bulk of the arithmetic. Each block
 //      recomputes the targets' unit keys itself, so blocks need nothing from each other and an
 //      image's positions spread over as many SMs as the launch chooses.
-//   3. zip_merge_kernel, blocks of channels per image: copies the dominant rows and sums the merge
+//   3. zip_apply_kernel, blocks of channels per image: copies the dominant rows and sums the merge
 //      rows, split by channel block, reading `hidden` once.
 // Three launches rather than one: the steps need, in turn, all of an image's scores, all of its
 // assignments, and all of its rows, and a grid-wide barrier inside one launch (cooperative launch)
@@ -455,7 +455,8 @@ __global__ void __launch_bounds__(kAssignThreads)
           if (4 * q < chunk) {
             for (int dd = 0; dd < dt; ++dd) {
               const float u = row_tile[dd * n_rows + r];
-              const float4 v = load_vector(reinterpret_cast<const float4*>(target_tile + dd * target_pitch + t0 + 4 * q));
+              const float* targets = target_tile + dd * target_pitch + t0 + 4 * q;
+              const float4 v = load_vector(reinterpret_cast<const float4*>(targets));
               acc[4 * q + 0] = __fadd_rn(acc[4 * q + 0], __fmul_rn(u, v.x));
               acc[4 * q + 1] = __fadd_rn(acc[4 * q + 1], __fmul_rn(u, v.y));
               acc[4 * q + 2] = __fadd_rn(acc[4 * q + 2], __fmul_rn(u, v.z));

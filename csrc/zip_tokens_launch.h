@@ -1,10 +1,10 @@
-// Launch shapes of the zip_tokens CUDA kernels (zip_tokens_cuda.cuh, zip_merge_cuda.cuh), chosen on
+// Launch shapes of the zip_tokens CUDA kernels (zip_tokens_cuda.cuh, zip_apply_cuda.cuh), chosen on
 // the host from the sizes and the device's SM count and shared-memory limit. Shared by
 // csrc/zip_tokens_cuda.cu and the CPU emulation (tests/cuda_emulation/run_zip_tokens.cpp), which
 // also overrides them to check that no choice changes a bit of the output.
 #pragma once
 
-#include "zip_merge_cuda.cuh"
+#include "zip_apply_cuda.cuh"
 
 #include <algorithm>
 #include <cstddef>
@@ -83,34 +83,34 @@ inline AssignShape assign_shape(int64_t batch, int n_tokens, int k_dom, int k_ct
   return shape;
 }
 
-// The merge kernel's shape and dynamic shared memory (bytes), for VEC channels per lane; the
+// The apply kernel's shape and dynamic shared memory (bytes), for VEC channels per lane; the
 // channel_lanes is 0 where even one lane's block does not fit the shared memory.
 //   - row lanes: enough for every piece (and every 8 dominant rows, every target) in one pass, a
-//     power of two from 32 / channel_lanes up to kMergeMaxThreads / channel_lanes;
+//     power of two from 32 / channel_lanes up to kApplyMaxThreads / channel_lanes;
 //   - channel lanes: 8 (64 to 128 bytes of each row) with 16-byte vectors, 32 with scalars; fewer
 //     where a small batch leaves SMs idle (more blocks, each with more row lanes), or where the
 //     pieces' partial sums would take more than 48 KiB.
-inline MergeShape merge_shape(int64_t batch, int n_tokens, int k_dom, int k_ctx, int width, int vec,
+inline ApplyShape apply_shape(int64_t batch, int n_tokens, int k_dom, int k_ctx, int width, int vec,
                               const DeviceLimits& device, const LaunchOverrides& over, size_t& shared_bytes) {
-  MergeShape shape{n_tokens, width, k_dom, k_ctx, 0, 0, 0, 0, plan_slots(n_tokens, k_dom)};
+  ApplyShape shape{n_tokens, width, k_dom, k_ctx, 0, 0, 0, 0, plan_slots(n_tokens, k_dom)};
   const int n_merge = k_ctx > 0 ? n_tokens - k_dom - k_ctx : 0;
-  shape.max_pieces = k_ctx > 0 ? merge_max_pieces(n_merge, k_ctx) : 0;
+  shape.max_pieces = k_ctx > 0 ? apply_max_pieces(n_merge, k_ctx) : 0;
   auto bytes = [&](int lanes) {
-    return k_ctx > 0 ? MergeLayout(k_ctx, n_merge, shape.max_pieces, lanes * vec).bytes : size_t{0};
+    return k_ctx > 0 ? ApplyLayout(k_ctx, n_merge, shape.max_pieces, lanes * vec).bytes : size_t{0};
   };
   const int wanted_rows = next_pow2(std::max<int64_t>({32, shape.max_pieces, ceil_div(k_dom, kPieceRows), k_ctx}));
   int lanes = over.channel_lanes;
   if (lanes == 0) {
     lanes = vec > 1 ? 8 : 32;
     const int64_t blocks = batch * ceil_div(width, int64_t{lanes} * vec);
-    if (blocks < 2 * int64_t{device.sm_count}) lanes = std::clamp(kMergeMaxThreads / wanted_rows, 1, lanes);
+    if (blocks < 2 * int64_t{device.sm_count}) lanes = std::clamp(kApplyMaxThreads / wanted_rows, 1, lanes);
     while (lanes > 1 && bytes(lanes) > 48 * 1024) lanes /= 2;
   }
   if (bytes(lanes) > device.shared_opt_in) lanes = 0;
   shape.channel_lanes = lanes;
   if (lanes == 0) return shape;
   shape.row_lanes = over.row_lanes > 0 ? over.row_lanes
-                                       : std::clamp(wanted_rows, std::max(1, 32 / lanes), kMergeMaxThreads / lanes);
+                                       : std::clamp(wanted_rows, std::max(1, 32 / lanes), kApplyMaxThreads / lanes);
   shape.channel_blocks = static_cast<int>(ceil_div(width, int64_t{lanes} * vec));
   shared_bytes = bytes(lanes);
   return shape;

@@ -1,15 +1,15 @@
 """The kernels of the CUDA C++ backend of zip_tokens, run on the CPU.
 
 ``tests/cuda_emulation/run_zip_tokens.cpp`` compiles ``csrc/zip_tokens_cuda.cuh`` and
-``csrc/zip_merge_cuda.cuh`` with the host stand-ins of ``tests/cuda_emulation/device_primitives_host.h``
+``csrc/zip_apply_cuda.cuh`` with the host stand-ins of ``tests/cuda_emulation/device_primitives_host.h``
 (every CUDA thread an OS thread, barriers for __syncthreads and the warp exchanges, integer atomics,
 poisoned shared memory, plan and outputs, alignment-checked 16-byte accesses) and launches the select,
-assign and merge kernels with the launch shapes of ``csrc/zip_tokens_launch.h``, or explicit ones.
+assign and apply kernels with the launch shapes of ``csrc/zip_tokens_launch.h``, or explicit ones.
 
 Checked here: indices exactly against the reference; dominant rows bit for bit; contextual rows bit
-for bit against the merge kernel's documented order (pieces of 8 rows summed in index order, folded in
-piece order), and within the parity tolerance of the reference; and tiling independence: every
-launch shape (positions per assign block, metric tile width, targets per work item, channel and row
+for bit against the apply kernel's documented order (``zip_apply_order.py``: pieces of 8 rows summed
+in index order, folded in piece order), and within the parity tolerance of the reference; and tiling
+independence: every launch shape (positions per assign block, metric tile width, targets per work item, channel and row
 lanes, 16-byte or scalar path) gives the same bits. What only a GPU shows (real concurrency, the
 hardware's own rounding intrinsics, speed) is left to ``test_cuda_zip_tokens.py``.
 """
@@ -23,12 +23,11 @@ import numpy as np
 import pytest
 import torch
 
-from visionzip_kernels.ops.zip_tokens import reference
+from zip_apply_order import tokens_in_apply_order
 from zip_cases import ZipCase, assert_matches_reference, make_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 EMULATION = ROOT / "tests" / "cuda_emulation"
-PIECE_ROWS = 8  # kPieceRows in csrc/zip_merge_cuda.cuh
 H100 = {"sm_count": 132, "shared_opt_in": 232448}
 AUTO = {"positions_per_block": 0, "target_chunk": 0, "tile_channels": 0, "channel_lanes": 0, "row_lanes": 0}
 
@@ -77,31 +76,6 @@ def run_emulated(runner: Path, workdir: Path, inputs: dict, device=H100, vectori
     return tokens, idx.view(batch, k_dom), result.stdout
 
 
-def merge_in_kernel_order(inputs: dict) -> torch.Tensor:
-    """The tokens as zip_merge_kernel sums them, from the reference's plan: each group's rows in
-    index order, in pieces of PIECE_ROWS (each summed from 0 in order), the pieces folded in order."""
-    hidden, k_dom, k_ctx = inputs["hidden"], inputs["k_dom"], inputs["k_ctx"]
-    plan = reference.plan_zip(inputs["attn"], reference.merge_metric(hidden, inputs["keys"]), k_dom, k_ctx,
-                              inputs["has_cls"])
-    rows = [reference.gather_tokens(hidden, plan.dominant_idx)]
-    if k_ctx > 0:
-        context = torch.empty(hidden.shape[0], k_ctx, hidden.shape[2], dtype=hidden.dtype)
-        for b in range(hidden.shape[0]):
-            for t in range(k_ctx):
-                members = plan.merge_idx[b][plan.merge_assign[b] == t].tolist()  # ascending: merge_idx is
-                total = torch.zeros(hidden.shape[2], dtype=torch.float32)
-                for start in range(0, len(members), PIECE_ROWS):
-                    piece = torch.zeros(hidden.shape[2], dtype=torch.float32)
-                    for token in members[start : start + PIECE_ROWS]:
-                        piece = piece + hidden[b, token].float()
-                    total = total + piece
-                target = hidden[b, plan.target_idx[b, t]].float()
-                mean = total / len(members) if members else torch.zeros_like(total)
-                context[b, t] = (target + mean).to(hidden.dtype)
-        rows.append(context)
-    return torch.cat(rows, dim=1)
-
-
 def assert_exact(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected, atol=0, rtol=0, equal_nan=True)
 
@@ -131,7 +105,7 @@ def test_emulated_kernels_match_reference(runner, tmp_path, case, dtype):
     inputs = make_inputs(case, dtype, seed=case.n_tokens)
     tokens, idx, _ = run_emulated(runner, tmp_path, inputs)
     assert_matches_reference(tokens, idx, inputs)
-    assert_exact(tokens, merge_in_kernel_order(inputs))
+    assert_exact(tokens, tokens_in_apply_order(inputs))
 
 
 def test_emulated_scalar_path_and_strided_inputs(runner, tmp_path):
@@ -144,9 +118,9 @@ def test_emulated_scalar_path_and_strided_inputs(runner, tmp_path):
         "keys": inputs["keys"].transpose(1, 2).contiguous().transpose(1, 2),
     }
     tokens, idx, printed = run_emulated(runner, tmp_path, inputs)
-    assert "merge: vec=1" in printed and "vectorised=0" in printed
+    assert "apply: vec=1" in printed and "vectorised=0" in printed
     assert_matches_reference(tokens, idx, inputs)
-    assert_exact(tokens, merge_in_kernel_order(inputs))
+    assert_exact(tokens, tokens_in_apply_order(inputs))
 
 
 # Launch shapes far from the automatic ones: one assign block per 32 positions or all in one,
@@ -173,7 +147,7 @@ SPLITS = [
 def test_every_launch_shape_gives_the_same_bits(runner, tmp_path, case, dtype):
     inputs = make_inputs(case, dtype, seed=11)
     expected, expected_idx, _ = run_emulated(runner, tmp_path, inputs)
-    assert_exact(expected, merge_in_kernel_order(inputs))
+    assert_exact(expected, tokens_in_apply_order(inputs))
     for split in SPLITS:
         tokens, idx, printed = run_emulated(runner, tmp_path, inputs, **split)
         assert torch.equal(idx, expected_idx), (split, printed)
@@ -194,4 +168,4 @@ def test_emulated_ties_and_non_finite_values(runner, tmp_path):
     inputs = {**inputs, "attn": scores, "keys": keys}
     tokens, idx, _ = run_emulated(runner, tmp_path, inputs, positions_per_block=32, tile_channels=8)
     assert_matches_reference(tokens, idx, inputs)
-    assert_exact(tokens, merge_in_kernel_order(inputs))
+    assert_exact(tokens, tokens_in_apply_order(inputs))

@@ -1,5 +1,5 @@
 // Host stand-ins for csrc/device_primitives.cuh and for the CUDA built-ins that the kernels of
-// csrc/attention_importance_cuda.cuh, csrc/zip_tokens_cuda.cuh and csrc/zip_merge_cuda.cuh use, so
+// csrc/attention_importance_cuda.cuh, csrc/zip_tokens_cuda.cuh and csrc/zip_apply_cuda.cuh use, so
 // that those kernels compile with a C++ compiler and run on the CPU: every CUDA thread of a block is
 // an std::thread, blocks run one after another.
 //

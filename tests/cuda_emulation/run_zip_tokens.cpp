@@ -1,4 +1,4 @@
-// Runs the kernels of csrc/zip_tokens_cuda.cuh and csrc/zip_merge_cuda.cuh on the CPU
+// Runs the kernels of csrc/zip_tokens_cuda.cuh and csrc/zip_apply_cuda.cuh on the CPU
 // (device_primitives_host.h), launched as csrc/zip_tokens_cuda.cu launches them, with the launch
 // shapes of csrc/zip_tokens_launch.h or explicit ones, for tests/test_zip_tokens_cuda_emulated.py.
 //
@@ -9,7 +9,7 @@
 // keys may be "-" (the metric is hidden). k_dom, k_ctx, has_cls: the op's arguments. sm_count,
 // shared_opt_in: the device the launch shapes are chosen for. positions_per_block, target_chunk,
 // tile_channels, channel_lanes, row_lanes: explicit launch shapes (0: chosen as on the GPU).
-// vectorise: 0 forces the merge kernel's scalar path. tokens, dominant_idx: output files (float32
+// vectorise: 0 forces the apply kernel's scalar path. tokens, dominant_idx: output files (float32
 // values of the tokens, int64 indices). Prints the launch shapes it used.
 #include "device_primitives_host.h"
 
@@ -137,18 +137,18 @@ struct Run {
 };
 
 template <typename T, int VEC>
-void merge(const TensorArg& hidden, const MergeShape& shape, size_t smem, const std::vector<int32_t>& plan,
+void apply(const TensorArg& hidden, const ApplyShape& shape, size_t smem, const std::vector<int32_t>& plan,
            std::vector<T>& tokens) {
   const int64_t batch = hidden.sizes[0];
   const HiddenInput view{hidden.strides[0], hidden.strides[1], hidden.strides[2]};
   const Index3 grid{static_cast<unsigned>(batch * shape.channel_blocks), 1, 1};
   emulation::launch(grid, shape.channel_lanes * shape.row_lanes, static_cast<int>(smem), [&] {
-    zip_merge_kernel<T, VEC>(data_of<T>(hidden), view, shape, plan.data(), tokens.data());
+    zip_apply_kernel<T, VEC>(data_of<T>(hidden), view, shape, plan.data(), tokens.data());
   });
 }
 
 template <typename T>
-void run_merge(const Run& run, const TensorArg& hidden, const DeviceLimits& device, const LaunchOverrides& over,
+void run_apply(const Run& run, const TensorArg& hidden, const DeviceLimits& device, const LaunchOverrides& over,
                const std::vector<int32_t>& plan, std::vector<float>& out) {
   constexpr int kVec = 16 / sizeof(T);
   const int64_t batch = hidden.sizes[0];
@@ -159,22 +159,22 @@ void run_merge(const Run& run, const TensorArg& hidden, const DeviceLimits& devi
                           aligned16(data_of<T>(hidden)) && stride_multiple(hidden, 0, kVec) &&
                           stride_multiple(hidden, 1, kVec);
   size_t smem = 0;
-  MergeShape shape{};
+  ApplyShape shape{};
   int vec = 1;
   if (width > 0) {
-    if (vectorised) shape = merge_shape(batch, n_tokens, k_dom, k_ctx, width, kVec, device, over, smem);
+    if (vectorised) shape = apply_shape(batch, n_tokens, k_dom, k_ctx, width, kVec, device, over, smem);
     if (vectorised && shape.channel_lanes > 0) {
       vec = kVec;
-      merge<T, kVec>(hidden, shape, smem, plan, tokens);
+      apply<T, kVec>(hidden, shape, smem, plan, tokens);
     } else {
-      shape = merge_shape(batch, n_tokens, k_dom, k_ctx, width, 1, device, over, smem);
-      if (shape.channel_lanes == 0) throw std::runtime_error("merge kernel: shared memory too small");
-      merge<T, 1>(hidden, shape, smem, plan, tokens);
+      shape = apply_shape(batch, n_tokens, k_dom, k_ctx, width, 1, device, over, smem);
+      if (shape.channel_lanes == 0) throw std::runtime_error("apply kernel: shared memory too small");
+      apply<T, 1>(hidden, shape, smem, plan, tokens);
     }
   }
   out.resize(tokens.size());
   for (size_t i = 0; i < tokens.size(); ++i) out[i] = to_float(tokens[i]);
-  std::printf("merge: vec=%d channel_lanes=%d row_lanes=%d channel_blocks=%d\n", vec, shape.channel_lanes,
+  std::printf("apply: vec=%d channel_lanes=%d row_lanes=%d channel_blocks=%d\n", vec, shape.channel_lanes,
               shape.row_lanes, shape.channel_blocks);
 }
 
@@ -224,7 +224,7 @@ void run_all(const Run& run) {
     });
   }
   std::vector<float> tokens;
-  with_dtype(hidden.dtype, [&](auto zero) { run_merge<decltype(zero)>(run, hidden, device, over, plan, tokens); });
+  with_dtype(hidden.dtype, [&](auto zero) { run_apply<decltype(zero)>(run, hidden, device, over, plan, tokens); });
 
   std::ofstream(run.args.at("tokens"), std::ios::binary)
       .write(reinterpret_cast<const char*>(tokens.data()), static_cast<std::streamsize>(tokens.size() * sizeof(float)));

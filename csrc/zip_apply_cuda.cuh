@@ -1,4 +1,4 @@
-// Device code of the CUDA C++ backend of visionzip::zip_tokens, last step: zip_merge_kernel writes
+// Device code of the CUDA C++ backend of visionzip::zip_tokens, last step: zip_apply_kernel writes
 // the tokens from `hidden` and the plan of zip_tokens_cuda.cuh. Launched by csrc/zip_tokens_cuda.cu.
 #pragma once
 
@@ -6,16 +6,16 @@
 
 namespace visionzip::cuda {
 
-// Rows per piece of a group's sum (see zip_merge_kernel): a piece's rows are loaded together, so
+// Rows per piece of a group's sum (see zip_apply_kernel): a piece's rows are loaded together, so
 // 8 rows x 16 bytes are in flight per thread.
 constexpr int kPieceRows = 8;
-constexpr int kMergeMaxThreads = 512;
+constexpr int kApplyMaxThreads = 512;
 
-struct MergeShape {
+struct ApplyShape {
   int n_tokens, width, k_dom, k_ctx;
   int channel_lanes, row_lanes;  // threads = channel_lanes x row_lanes
   int channel_blocks;            // blocks per image: channel_lanes * VEC channels each
-  int max_pieces;                // an upper bound of the pieces of an image, see merge_max_pieces
+  int max_pieces;                // an upper bound of the pieces of an image, see apply_max_pieces
   int64_t plan_stride;
 };
 
@@ -24,14 +24,14 @@ struct HiddenInput {
 };
 
 // At most floor(n_merge / kPieceRows) + k_ctx pieces: a group of c rows has ceil(c / kPieceRows).
-__host__ __device__ constexpr int merge_max_pieces(int n_merge, int k_ctx) {
+__host__ __device__ constexpr int apply_max_pieces(int n_merge, int k_ctx) {
   return n_merge / kPieceRows + k_ctx < n_merge ? n_merge / kPieceRows + k_ctx : n_merge;
 }
 
-// Byte offsets of the merge kernel's dynamic shared memory (k_ctx > 0), alike on host and device.
-struct MergeLayout {
+// Byte offsets of the apply kernel's dynamic shared memory (k_ctx > 0), alike on host and device.
+struct ApplyLayout {
   size_t scratch, count, group_start, first_piece, cursor, members, partial, bytes;
-  __host__ __device__ MergeLayout(int k_ctx, int n_merge, int max_pieces, int block_channels) {
+  __host__ __device__ ApplyLayout(int k_ctx, int n_merge, int max_pieces, int block_channels) {
     const size_t targets = static_cast<size_t>(k_ctx);
     scratch = 0;                                    // int [32]: block scan
     count = scratch + 4 * 32;                       // int [k_ctx]: merge rows of each target
@@ -44,7 +44,7 @@ struct MergeLayout {
   }
 };
 
-// Merge kernel: block = (image b, block of channel_lanes * VEC channels); thread = (channel lane,
+// Apply kernel: block = (image b, block of channel_lanes * VEC channels); thread = (channel lane,
 // row lane), channel_lanes x row_lanes threads. Reads hidden [B, N, D] (any batch and token strides;
 // VEC > 1 needs unit channel stride and 16-byte alignment) and the plan (plan_slots); writes
 // tokens[b] (contiguous [B, k_dom + k_ctx, D]) for the block's channels:
@@ -72,8 +72,8 @@ struct MergeLayout {
 // number of blocks changes a bit of the output (the contract leaves the order free; the tests hold
 // the kernel to this). No atomics on values.
 template <typename T, int VEC>
-__global__ void __launch_bounds__(kMergeMaxThreads)
-    zip_merge_kernel(const T* hidden_data, HiddenInput hidden, MergeShape shape, const int32_t* plan, T* tokens) {
+__global__ void __launch_bounds__(kApplyMaxThreads)
+    zip_apply_kernel(const T* hidden_data, HiddenInput hidden, ApplyShape shape, const int32_t* plan, T* tokens) {
   using Vec = Pack<T, VEC>;
   unsigned char* smem = dynamic_shared_bytes();
   const int lanes_c = shape.channel_lanes, row_lanes = shape.row_lanes;
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kMergeMaxThreads)
   // 2. Group the merge tokens by target.
   const int n_rem = shape.n_tokens - shape.k_dom;
   const int n_merge = n_rem - n_targets;
-  const MergeLayout layout(n_targets, n_merge, shape.max_pieces, block_channels);
+  const ApplyLayout layout(n_targets, n_merge, shape.max_pieces, block_channels);
   auto* count = reinterpret_cast<int*>(smem + layout.count);
   auto* group_start = reinterpret_cast<int*>(smem + layout.group_start);
   auto* first_piece = reinterpret_cast<int*>(smem + layout.first_piece);
