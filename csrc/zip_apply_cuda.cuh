@@ -30,11 +30,13 @@ __host__ __device__ constexpr int apply_max_pieces(int n_merge, int k_ctx) {
 
 // Byte offsets of the apply kernel's dynamic shared memory (k_ctx > 0), alike on host and device.
 struct ApplyLayout {
-  size_t scratch, count, group_start, first_piece, cursor, members, partial, bytes;
+  size_t scratch, slot_target, slot_token, count, group_start, first_piece, cursor, members, partial, bytes;
   __host__ __device__ ApplyLayout(int k_ctx, int n_merge, int max_pieces, int block_channels) {
-    const size_t targets = static_cast<size_t>(k_ctx);
+    const size_t targets = static_cast<size_t>(k_ctx), n_rem = static_cast<size_t>(k_ctx + n_merge);
     scratch = 0;                                    // int [32]: block scan
-    count = scratch + 4 * 32;                       // int [k_ctx]: merge rows of each target
+    slot_target = scratch + 4 * 32;                 // int [M]: the plan's target of each remaining position
+    slot_token = slot_target + 4 * n_rem;           // int [M]: the plan's token of each remaining position
+    count = slot_token + 4 * n_rem;                 // int [k_ctx]: merge rows of each target
     group_start = count + 4 * targets;              // int [k_ctx]: its first entry in `members`
     first_piece = group_start + 4 * targets;        // int [k_ctx + 1]: its first piece; [k_ctx] = pieces
     cursor = first_piece + 4 * (targets + 1);       // int [k_ctx]: next free entry while placing
@@ -58,8 +60,9 @@ struct ApplyLayout {
 //   1. Copy the dominant rows: row lane l takes rows l, l + row_lanes, ..., kPieceRows of them
 //      loaded together.
 //   2. Group the merge tokens by target (every block of the image does this itself, from the
-//      plan's assignments, so that blocks need nothing from each other): count each target's rows
-//      (integer atomics: the counts do not depend on their order); one block scan of the packed
+//      plan's assignments, so that blocks need nothing from each other): copy the plan's remaining
+//      tokens and their targets to shared memory, count each target's rows (integer atomics, one per
+//      warp and target: the counts do not depend on their order); one block scan of the packed
 //      pair (count_t, pieces_t = ceil(count_t / kPieceRows)) gives each group its first entry and
 //      its first piece; then one warp places the merge tokens, 32 remaining positions at a time in
 //      index order, each at its group's cursor plus its rank among the lanes with the same target
@@ -116,15 +119,23 @@ __global__ void __launch_bounds__(kApplyMaxThreads)
   auto* members = reinterpret_cast<int*>(smem + layout.members);
   auto* partial = reinterpret_cast<float*>(smem + layout.partial);
   auto* scratch = reinterpret_cast<int*>(smem + layout.scratch);
+  auto* slot_target = reinterpret_cast<int*>(smem + layout.slot_target);
+  auto* slot_token = reinterpret_cast<int*>(smem + layout.slot_token);
   const int32_t* rem_tok = image_plan + shape.k_dom;
   const int32_t* assigned = image_plan + shape.n_tokens;
   const int step = max(1, n_rem / n_targets);
 
   for (int t = threadIdx.x; t < n_targets; t += blockDim.x) count[t] = 0;
   __syncthreads();
-  for (int r = threadIdx.x; r < n_rem; r += blockDim.x) {
-    const int t = assigned[r];
-    if (t >= 0) atomicAdd(&count[t], 1);
+  const int lane = threadIdx.x & 31;
+  for (int r = threadIdx.x; r - lane < n_rem; r += blockDim.x) {  // whole warps: r - lane is warp-uniform
+    const int t = r < n_rem ? assigned[r] : -1;
+    if (r < n_rem) {
+      slot_target[r] = t;
+      slot_token[r] = rem_tok[r];
+    }
+    const unsigned peers = __match_any_sync(0xffffffffu, t);
+    if (t >= 0 && lane == __ffs(peers) - 1) atomicAdd(&count[t], __popc(peers));
   }
   __syncthreads();
   // Each thread takes a run of consecutive targets. Packed pair: rows in the low 16 bits, pieces in
@@ -147,12 +158,11 @@ __global__ void __launch_bounds__(kApplyMaxThreads)
   for (int t = threadIdx.x; t < n_targets; t += blockDim.x) cursor[t] = group_start[t];
   __syncthreads();
   if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
     for (int base = 0; base < n_rem; base += 32) {
       const int r = base + lane;
-      const int t = r < n_rem ? assigned[r] : -1;
+      const int t = r < n_rem ? slot_target[r] : -1;
       const unsigned peers = __match_any_sync(0xffffffffu, t);
-      if (t >= 0) members[cursor[t] + __popc(peers & ((1u << lane) - 1u))] = rem_tok[r];
+      if (t >= 0) members[cursor[t] + __popc(peers & ((1u << lane) - 1u))] = slot_token[r];
       __syncwarp();
       if (t >= 0 && lane == __ffs(peers) - 1) cursor[t] += __popc(peers);
       __syncwarp();
@@ -196,7 +206,7 @@ __global__ void __launch_bounds__(kApplyMaxThreads)
   // 4. Groups: fold the pieces' partials in piece order, add the mean to the target's row.
   if (!in_range) return;
   for (int t = lane_r; t < n_targets; t += row_lanes) {
-    const Vec target = load(rem_tok[t * step]);  // target t is remaining position t * step
+    const Vec target = load(slot_token[t * step]);  // target t is remaining position t * step
     float sum[VEC] = {};
     for (int p = first_piece[t]; p < first_piece[t + 1]; ++p) {
 #pragma unroll

@@ -41,6 +41,11 @@ constexpr int kRadixBins = 256;                                // 8-bit digits: 
 constexpr int kAssignThreads = 256;
 // Similarity accumulators per thread: 12 takes the paper's k_ctx = 10 in one chunk.
 constexpr int kMaxTargetsPerItem = 12;
+// Loads in flight per thread while staging metric tiles (16-byte chunks or elements): a block
+// stages its rows in a few round trips to memory rather than one per element.
+constexpr int kStageUnroll = 8;
+// Heads whose attention rows are loaded together before their ordered sum.
+constexpr int kHeadBatch = 8;
 
 static_assert(kTokensPerThread * kSelectThreads == kMaxTokens, "kMaxTokens must be a multiple of the block");
 
@@ -152,15 +157,28 @@ __device__ __forceinline__ uint64_t assignment_key(float sim, int target) {
 template <typename T>
 __device__ float token_score(const AttnInput<T>& attn, int64_t b, int token, int n_tokens) {
   const T* column = attn.data + b * attn.stride_b + token * attn.stride_k;
-  float score = 0.f;
-  for (int h = 0; h < attn.heads; ++h) {
-    const T* head = column + h * attn.stride_h;
-    float row = to_float(head[0]);
-    if (attn.sum_queries) {
+  if (attn.sum_queries) {
+    float score = 0.f;
+    for (int h = 0; h < attn.heads; ++h) {
+      const T* head = column + h * attn.stride_h;
+      float row = to_float(head[0]);
 #pragma unroll 16  // 16 queries' loads in flight ahead of the ordered sum
       for (int i = 1; i < n_tokens; ++i) row = __fadd_rn(row, to_float(head[i * attn.stride_q]));
+      score = h == 0 ? row : __fadd_rn(score, row);
     }
-    score = h == 0 ? row : __fadd_rn(score, row);
+    return score;
+  }
+  float score = 0.f;
+  for (int h0 = 0; h0 < attn.heads; h0 += kHeadBatch) {
+    float row[kHeadBatch];  // kHeadBatch heads' values loaded together, then summed in head order
+#pragma unroll
+    for (int u = 0; u < kHeadBatch; ++u) {
+      row[u] = h0 + u < attn.heads ? to_float(column[(h0 + u) * attn.stride_h]) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kHeadBatch; ++u) {
+      if (h0 + u < attn.heads) score = h0 + u == 0 ? row[u] : __fadd_rn(score, row[u]);
+    }
   }
   return score;
 }
@@ -196,26 +214,48 @@ __device__ __forceinline__ float unit_channel(float x, float norm) {
 }
 
 // tile[dd * n_rows + r] = metric channel d0 + dd of token row_tok[r] (its unit-key channel when
-// `norm` is given), for dd < dt. Consecutive threads read consecutive channels of a row.
+// `norm` is given), for dd < dt. Consecutive threads read consecutive channels of a row; each thread
+// has kStageUnroll loads in flight.
 template <typename T>
 __device__ void stage_tile(const MetricInput<T>& metric, int64_t b, const int32_t* row_tok, int n_rows, int d0,
                            int dt, const float* norm, float* tile) {
   constexpr int kC = kChunk<T>;
+  const int stride = static_cast<int>(blockDim.x);
   if (metric.vectorised && dt % kC == 0) {
-    const int chunks = dt / kC;
-    for (int e = threadIdx.x; e < n_rows * chunks; e += blockDim.x) {
-      const int r = e / chunks, q = e % chunks;
-      float x[kC];
-      load_metric_chunk(metric, b, row_tok[r], d0 + kC * q, x);
+    const int chunks = dt / kC, n_loads = n_rows * chunks;
+    for (int e0 = threadIdx.x; e0 < n_loads; e0 += kStageUnroll * stride) {
+      float x[kStageUnroll][kC];
 #pragma unroll
-      for (int k = 0; k < kC; ++k) tile[(kC * q + k) * n_rows + r] = norm ? unit_channel(x[k], norm[r]) : x[k];
+      for (int u = 0; u < kStageUnroll; ++u) {
+        const int e = e0 + u * stride;
+        if (e < n_loads) load_metric_chunk(metric, b, row_tok[e / chunks], d0 + kC * (e % chunks), x[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kStageUnroll; ++u) {
+        const int e = e0 + u * stride, r = e / chunks, q = e % chunks;
+        if (e < n_loads) {
+#pragma unroll
+          for (int k = 0; k < kC; ++k) {
+            tile[(kC * q + k) * n_rows + r] = norm ? unit_channel(x[u][k], norm[r]) : x[u][k];
+          }
+        }
+      }
     }
     return;
   }
-  for (int e = threadIdx.x; e < n_rows * dt; e += blockDim.x) {
-    const int r = e / dt, dd = e % dt;
-    const float x = load_metric1(metric, b, row_tok[r], d0 + dd);
-    tile[dd * n_rows + r] = norm ? unit_channel(x, norm[r]) : x;
+  const int n_loads = n_rows * dt;
+  for (int e0 = threadIdx.x; e0 < n_loads; e0 += kStageUnroll * stride) {
+    float x[kStageUnroll];
+#pragma unroll
+    for (int u = 0; u < kStageUnroll; ++u) {
+      const int e = e0 + u * stride;
+      if (e < n_loads) x[u] = load_metric1(metric, b, row_tok[e / dt], d0 + e % dt);
+    }
+#pragma unroll
+    for (int u = 0; u < kStageUnroll; ++u) {
+      const int e = e0 + u * stride, r = e / dt;
+      if (e < n_loads) tile[(e % dt) * n_rows + r] = norm ? unit_channel(x[u], norm[r]) : x[u];
+    }
   }
 }
 
