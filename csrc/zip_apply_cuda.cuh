@@ -9,7 +9,9 @@ namespace visionzip::cuda {
 // Rows per piece of a group's sum (see zip_apply_kernel): a piece's rows are loaded together, so
 // 8 rows x 16 bytes are in flight per thread.
 constexpr int kPieceRows = 8;
-constexpr int kApplyMaxThreads = 512;
+// At most 256 threads and (launch bounds) 128 registers per thread: two blocks per SM, so that one
+// block's group-building step, which loads no rows, overlaps the other's streaming.
+constexpr int kApplyMaxThreads = 256;
 
 struct ApplyShape {
   int n_tokens, width, k_dom, k_ctx;
@@ -75,7 +77,7 @@ struct ApplyLayout {
 // number of blocks changes a bit of the output (the contract leaves the order free; the tests hold
 // the kernel to this). No atomics on values.
 template <typename T, int VEC>
-__global__ void __launch_bounds__(kApplyMaxThreads)
+__global__ void __launch_bounds__(kApplyMaxThreads, 2)
     zip_apply_kernel(const T* hidden_data, HiddenInput hidden, ApplyShape shape, const int32_t* plan, T* tokens) {
   using Vec = Pack<T, VEC>;
   unsigned char* smem = dynamic_shared_bytes();

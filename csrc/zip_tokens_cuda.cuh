@@ -37,13 +37,14 @@ constexpr int kSelectThreads = 1024;
 constexpr int kMaxTokens = 4096;
 constexpr int kTokensPerThread = kMaxTokens / kSelectThreads;  // tokens held per thread
 constexpr int kRadixBins = 256;                                // 8-bit digits: four passes over 32 bits
-// Assign kernel: 256 threads, a small block so that several fit an SM when the batch is large.
+// Assign kernel: 256 threads and (launch bounds) at most 128 registers per thread, so that two
+// blocks fit an SM when the batch is large.
 constexpr int kAssignThreads = 256;
 // Similarity accumulators per thread: 12 takes the paper's k_ctx = 10 in one chunk.
 constexpr int kMaxTargetsPerItem = 12;
 // Loads in flight per thread while staging metric tiles (16-byte chunks or elements): a block
 // stages its rows in a few round trips to memory rather than one per element.
-constexpr int kStageUnroll = 8;
+constexpr int kStageUnroll = 4;
 // Heads whose attention rows are loaded together before their ordered sum.
 constexpr int kHeadBatch = 8;
 
@@ -417,7 +418,7 @@ __global__ void __launch_bounds__(kSelectThreads, 1)
 // The targets' unit keys are recomputed by every block of the image, the price of needing nothing
 // from other blocks (for the paper's k_ctx = 10, 10 rows beside each block's 32 to 256).
 template <typename key_t>
-__global__ void __launch_bounds__(kAssignThreads)
+__global__ void __launch_bounds__(kAssignThreads, 2)
     zip_assign_kernel(MetricInput<key_t> metric, AssignShape shape, int32_t* plan) {
   unsigned char* smem = dynamic_shared_bytes();
   const int n_tokens = shape.n_tokens, k_dom = shape.k_dom, n_targets = shape.k_ctx;

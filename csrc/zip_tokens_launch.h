@@ -34,12 +34,14 @@ inline int next_pow2(int64_t value) {
 // The assign kernel's shape and dynamic shared memory (bytes); tile_channels is 0 where no tile fits.
 //   - positions_per_block: a multiple of 32 in [32, 256], small enough that the batch's blocks
 //     number about two per SM (batch 1: an image over ~17 SMs at N = 577), large enough that the
-//     targets' rows, recomputed by every block, stay a small share of a block's rows.
+//     targets' rows, recomputed by every block, stay a small share of a block's rows; then evened
+//     out over the image's blocks (N = 577 at batch 256: 3 blocks of 192, not 256 + 256 + 11).
 //   - targets per work item: the fewest chunks of at most kMaxTargetsPerItem targets, split
 //     further (down to 4 per chunk) while every (position, chunk) item still fits one pass of the
 //     block.
 //   - tile_channels: as many metric channels as fit the shared memory, all of it when the blocks
-//     fit one wave (fewest staging rounds), a third of it otherwise (three blocks per SM).
+//     fit one wave (fewest staging rounds), half of it otherwise (two blocks per SM, as many as
+//     the kernel's 128 registers per thread allow).
 inline AssignShape assign_shape(int64_t batch, int n_tokens, int k_dom, int k_ctx, int width,
                                 const DeviceLimits& device, const LaunchOverrides& over, size_t& shared_bytes) {
   AssignShape shape{n_tokens, k_dom, k_ctx, 0, 0, 0, 0, 0, plan_slots(n_tokens, k_dom)};
@@ -49,6 +51,8 @@ inline AssignShape assign_shape(int64_t batch, int n_tokens, int k_dom, int k_ct
     const int64_t blocks_per_image = std::max<int64_t>(1, ceil_div(2 * int64_t{device.sm_count}, batch));
     per_block = static_cast<int>(32 * ceil_div(ceil_div(n_rem, blocks_per_image), 32));
     per_block = std::clamp(per_block, 32, 256);
+    const int64_t blocks = ceil_div(n_rem, per_block);  // then as even a split as multiples of 32 give
+    per_block = static_cast<int>(32 * ceil_div(ceil_div(n_rem, blocks), 32));
   }
   shape.positions_per_block = std::min(per_block, std::max(n_rem, 1));
   shape.position_blocks = static_cast<int>(ceil_div(n_rem, shape.positions_per_block));
@@ -71,7 +75,7 @@ inline AssignShape assign_shape(int64_t batch, int n_tokens, int k_dom, int k_ct
   int64_t tile = over.tile_channels;
   if (tile == 0) {
     const bool one_wave = batch * shape.position_blocks <= device.sm_count;
-    size_t budget = one_wave ? device.shared_opt_in : device.shared_opt_in / 3;
+    size_t budget = one_wave ? device.shared_opt_in : device.shared_opt_in / 2;
     if (budget < base + 8 * per_channel) budget = device.shared_opt_in;
     tile = budget > base ? static_cast<int64_t>((budget - base) / per_channel) : 0;
     tile = std::min<int64_t>(tile, std::max(width, 1));
