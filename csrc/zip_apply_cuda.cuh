@@ -58,7 +58,7 @@ struct ApplyLayout {
 //                       is the float32 sum of the rows of the count_t merge tokens assigned to t
 //                       (hidden[target_t] alone where count_t = 0).
 //
-// Steps, each ending at a __syncthreads():
+// Steps (2 and 3 end at a __syncthreads()):
 //   1. Copy the dominant rows: row lane l takes rows l, l + row_lanes, ..., kPieceRows of them
 //      loaded together.
 //   2. Group the merge tokens by target (every block of the image does this itself, from the
@@ -70,7 +70,9 @@ struct ApplyLayout {
 //      index order, each at its group's cursor plus its rank among the lanes with the same target
 //      (__match_any_sync), so every group lists its tokens in index order.
 //   3. Sum pieces: the rows of group t are cut into pieces of kPieceRows consecutive entries; a row
-//      lane sums one piece's rows in order into partial[piece] (float32, in shared memory).
+//      lane sums one piece's rows in order into partial[piece] (float32, in shared memory). With
+//      count = {19, 0, 5}, for example, group 0 has pieces 0-2 (8 + 8 + 3 rows), group 1 none and
+//      group 2 piece 3 (5 rows): first_piece = {0, 3, 3, 4}.
 //   4. Finish groups: row lane l takes targets l, l + row_lanes, ...: sum_t is the fold of its
 //      pieces' partials in piece order, ((p0 + p1) + p2) + ..., and the row is written.
 // So sum_t has one fixed evaluation order, set by the plan alone: neither the block shape nor the
