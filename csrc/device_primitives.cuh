@@ -2,8 +2,10 @@
 // wrapper over one PTX instruction or intrinsic: element loads converted to float32, asynchronous
 // global -> shared copies (sm_80+), and the m16n8k16 tensor-core product with float32 accumulation.
 //
-// The kernels (attention_importance_cuda.cuh) use nothing else of the device but threadIdx,
-// blockIdx, __syncthreads, __shfl_xor_sync, static __shared__ arrays and float32 math, so that
+// The kernels (attention_importance_cuda.cuh, zip_tokens_cuda.cuh, zip_apply_cuda.cuh) use nothing
+// else of the device but threadIdx, blockIdx, blockDim, __syncthreads, __syncwarp, the warp
+// shuffles, __match_any_sync, __popc, __ffs, integer atomics on shared memory, static __shared__
+// arrays and float32 math (with the explicit round-to-nearest intrinsics), so that
 // tests/cuda_emulation/device_primitives_host.h can stand in for this file and run them on the CPU.
 // That is why this header has an include guard rather than #pragma once: the host version defines
 // the same guard first.
@@ -59,6 +61,37 @@ __device__ __forceinline__ void load_floats16(const T* ptr, float (&out)[16 / si
   const uint4 bits = __ldg(reinterpret_cast<const uint4*>(ptr));
 #pragma unroll
   for (int i = 0; i < static_cast<int>(16 / sizeof(T)); ++i) out[i] = unpack_float<T>(bits, i);
+}
+
+// `value` rounded to T (to nearest, ties to even).
+template <typename T>
+__device__ __forceinline__ T from_float(float value);
+
+template <>
+__device__ __forceinline__ float from_float<float>(float value) {
+  return value;
+}
+
+template <>
+__device__ __forceinline__ __half from_float<__half>(float value) {
+  return __float2half_rn(value);
+}
+
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float value) {
+  return __float2bfloat16_rn(value);
+}
+
+// One load (store) of a whole V at `ptr`, aligned to alignof(V): a 16-byte vector access for the
+// 16-byte packs of the zip_tokens kernels.
+template <typename V>
+__device__ __forceinline__ V load_vector(const V* ptr) {
+  return *ptr;
+}
+
+template <typename V>
+__device__ __forceinline__ void store_vector(V* ptr, const V& value) {
+  *ptr = value;
 }
 
 // The block's dynamic shared memory, 16-byte aligned.

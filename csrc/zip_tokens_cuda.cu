@@ -1,18 +1,20 @@
 // CUDA C++ kernels of visionzip::zip_tokens (docs/CONTRACT.md), registered as _zip_tokens_cuda,
 // and the module `visionzip_kernels._C_cuda` that loads them.
 //
-// Two launches on the current stream, no host synchronisation, no allocation beyond the outputs
-// and an int32 plan workspace [B, N + 2 k_ctx] (layout in zip_plan_kernel's comment):
-//   1. zip_plan_kernel: grid B, 1024 threads, dynamic shared memory up to the device's opt-in
-//      limit (metric tiles as wide as fit): dominant_idx and the plan;
-//   2. zip_apply_kernel: grid B x channel blocks: tokens.
-// The entry point checks its arguments first (zip_tokens_checks.h) and N <= 4096. Every input is read
-// through its strides, never copied; the apply kernel uses 16-byte vectors where hidden's channels
-// are contiguous and aligned, scalars otherwise.
+// Three launches on the current stream, no host synchronisation, no allocation beyond the outputs
+// and an int32 plan workspace [B, 2 N - k_dom] (layout at plan_slots in zip_tokens_cuda.cuh; why
+// three, at the top of that file):
+//   1. zip_select_kernel: grid B, 1024 threads: dominant_idx, the remaining tokens;
+//   2. zip_assign_kernel (k_ctx > 0): grid B x position blocks, 256 threads: each merge token's target;
+//   3. zip_apply_kernel (D > 0): grid B x channel blocks: tokens.
+// Launch shapes come from zip_tokens_launch.h. The entry point checks its arguments first
+// (zip_tokens_checks.h) and N <= 4096. Every input is read through its strides, never copied; the
+// apply kernel uses 16-byte vectors where hidden's channels are contiguous and aligned, scalars
+// otherwise.
 #include <Python.h>  // first, as Python requires
 
 #include "zip_tokens_checks.h"
-#include "zip_tokens_cuda.cuh"
+#include "zip_tokens_launch.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -38,7 +40,24 @@ using at::Tensor;
                                      AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)       \
                                          AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
-constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// The device type of a dispatched scalar type: the kernels use CUDA's own 16-bit types.
+template <typename T>
+struct DeviceScalar {
+  using type = T;
+};
+template <>
+struct DeviceScalar<at::Half> {
+  using type = __half;
+};
+template <>
+struct DeviceScalar<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+template <typename T>
+const typename DeviceScalar<T>::type* device_data(const Tensor& t) {
+  return reinterpret_cast<const typename DeviceScalar<T>::type*>(t.const_data_ptr<T>());
+}
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
@@ -48,8 +67,8 @@ bool stride_multiple(const Tensor& t, int64_t dim, int64_t multiple) {
 }
 
 template <typename T>
-AttnInput<T> attn_input(const Tensor& attn, bool has_cls) {
-  AttnInput<T> view{attn.const_data_ptr<T>(), attn.stride(0), 0, 0, 0, 1, false};
+AttnInput<typename DeviceScalar<T>::type> attn_input(const Tensor& attn, bool has_cls) {
+  AttnInput<typename DeviceScalar<T>::type> view{device_data<T>(attn), attn.stride(0), 0, 0, 0, 1, false};
   if (attn.dim() == 2) {
     view.stride_k = attn.stride(1);
     return view;
@@ -67,93 +86,101 @@ AttnInput<T> attn_input(const Tensor& attn, bool has_cls) {
 }
 
 template <typename T>
-MetricInput<T> metric_input(const Tensor& metric) {
+MetricInput<typename DeviceScalar<T>::type> metric_input(const Tensor& metric) {
   const bool per_head = metric.dim() == 4;
   const int64_t token_dim = metric.dim() - 2;
-  MetricInput<T> view{metric.const_data_ptr<T>(),
-                      metric.stride(0),
-                      per_head ? metric.stride(1) : 0,
-                      metric.stride(token_dim),
-                      metric.stride(token_dim + 1),
-                      per_head ? static_cast<int>(metric.size(1)) : 1,
-                      static_cast<int>(metric.size(-1)),
-                      per_head,
-                      false};
+  MetricInput<typename DeviceScalar<T>::type> view{device_data<T>(metric),
+                                                   metric.stride(0),
+                                                   per_head ? metric.stride(1) : 0,
+                                                   metric.stride(token_dim),
+                                                   metric.stride(token_dim + 1),
+                                                   per_head ? static_cast<int>(metric.size(1)) : 1,
+                                                   static_cast<int>(metric.size(-1)),
+                                                   per_head,
+                                                   false};
   view.vectorised = view.stride_d == 1 && view.width % 8 == 0 && aligned16(view.data) &&
                     stride_multiple(metric, 0, 8) && (!per_head || stride_multiple(metric, 1, 8)) &&
                     stride_multiple(metric, token_dim, 8);
   return view;
 }
 
-// Targets per similarity work item: the fewest chunks of at most kMaxTargetsPerItem targets,
-// split further (down to 4 per chunk) while every (remaining token, chunk) item still fits one
-// pass of the block.
-void choose_target_chunks(int n_rem, int n_targets, PlanShape& shape) {
-  int n_chunks = static_cast<int>(ceil_div(n_targets, kMaxTargetsPerItem));
-  if (static_cast<int64_t>(n_rem) * n_chunks <= kPlanThreads) {
-    n_chunks = std::max(n_chunks, std::min(static_cast<int>(ceil_div(n_targets, 4)), kPlanThreads / n_rem));
-  }
-  shape.target_chunk = static_cast<int>(4 * ceil_div(ceil_div(n_targets, n_chunks), 4));
-  shape.n_chunks = static_cast<int>(ceil_div(n_targets, shape.target_chunk));
+DeviceLimits device_limits(int device) {
+  int sm_count = 0, opt_in = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&opt_in, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return {sm_count, static_cast<size_t>(opt_in)};
 }
 
-template <typename attn_t, typename key_t>
-void launch_plan(const Tensor& attn, const Tensor& metric, PlanShape shape, Tensor& dominant_idx, Tensor& plan,
-                 cudaStream_t stream) {
-  const int width = static_cast<int>(metric.size(-1));
-  const int target_pitch = shape.n_chunks * shape.target_chunk;
-  size_t smem = PlanLayout(shape.n_tokens, target_pitch, 0).bytes;
-  if (shape.k_ctx > 0) {
-    int opt_in = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&opt_in, cudaDevAttrMaxSharedMemoryPerBlockOptin, plan.get_device()));
-    const size_t per_channel = PlanLayout(shape.n_tokens, target_pitch, 1).bytes - smem;
-    int64_t tile = static_cast<size_t>(opt_in) > smem ? static_cast<int64_t>((opt_in - smem) / per_channel) : 0;
-    tile = std::min<int64_t>(tile, std::max(width, 1));
-    if (tile >= 8 && tile < width) tile -= tile % 8;  // whole 16-byte chunks of channels per tile
-    TORCH_CHECK(tile >= 1, "zip_tokens: backend='cuda' needs ", smem + per_channel,
-                " bytes of shared memory per block, the device allows ", opt_in);
-    shape.tile_channels = static_cast<int>(tile);
-    smem = PlanLayout(shape.n_tokens, target_pitch, shape.tile_channels).bytes;
+// Allows `bytes` of dynamic shared memory for `kernel` where that is beyond the default 48 KiB.
+template <typename Kernel>
+void allow_shared(Kernel* kernel, size_t bytes) {
+  if (bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
   }
-  auto* kernel = &zip_plan_kernel<attn_t, key_t>;
-  if (smem > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  }
-  const auto batch = static_cast<unsigned>(attn.size(0));
-  kernel<<<batch, kPlanThreads, smem, stream>>>(attn_input<attn_t>(attn, shape.has_cls), metric_input<key_t>(metric),
-                                                shape, dominant_idx.mutable_data_ptr<int64_t>(),
-                                                plan.mutable_data_ptr<int32_t>());
+}
+
+template <typename attn_t>
+void launch_select(const Tensor& attn, const SelectShape& shape, Tensor& dominant_idx, Tensor& plan,
+                   cudaStream_t stream) {
+  const size_t smem = SelectLayout(shape.n_tokens).bytes;
+  auto* kernel = &zip_select_kernel<typename DeviceScalar<attn_t>::type>;
+  allow_shared(kernel, smem);
+  kernel<<<static_cast<unsigned>(attn.size(0)), kSelectThreads, smem, stream>>>(
+      attn_input<attn_t>(attn, shape.has_cls), shape, dominant_idx.mutable_data_ptr<int64_t>(),
+      plan.mutable_data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename key_t>
+void launch_assign(const Tensor& metric, int k_dom, int k_ctx, const DeviceLimits& device, Tensor& plan,
+                   cudaStream_t stream) {
+  const int64_t batch = metric.size(0);
+  const int n_tokens = static_cast<int>(metric.size(-2)), width = static_cast<int>(metric.size(-1));
+  size_t smem = 0;
+  const AssignShape shape = assign_shape(batch, n_tokens, k_dom, k_ctx, width, device, LaunchOverrides{}, smem);
+  TORCH_CHECK(shape.tile_channels >= 1, "zip_tokens: backend='cuda' needs more shared memory per block than the ",
+              device.shared_opt_in, " bytes the device allows");
+  const int64_t blocks = batch * shape.position_blocks;
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "zip_tokens: batch too large for one launch");
+  auto* kernel = &zip_assign_kernel<typename DeviceScalar<key_t>::type>;
+  allow_shared(kernel, smem);
+  kernel<<<static_cast<unsigned>(blocks), kAssignThreads, smem, stream>>>(metric_input<key_t>(metric), shape,
+                                                                          plan.mutable_data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T, int VEC>
-void launch_apply_as(const Tensor& hidden, const Tensor& plan, Tensor& tokens, ApplyShape shape, cudaStream_t stream) {
-  constexpr int kLanesC = apply_channel_lanes(VEC);
-  // Token lanes: a power of two from 4 up to kApplyMaxThreads / kLanesC, the fewest that give each
-  // lane at most one batch of kApplyUnroll rows (small images need fewer threads).
-  const int rows = std::max(shape.k_dom, shape.k_ctx > 0 ? shape.n_tokens - shape.k_dom : 0);
-  int token_lanes = 4;
-  while (token_lanes * kApplyUnroll < rows && 2 * token_lanes * kLanesC <= kApplyMaxThreads) token_lanes *= 2;
-  shape.channel_blocks = static_cast<int>(ceil_div(shape.width, kLanesC * VEC));
+void launch_apply_as(const Tensor& hidden, const ApplyShape& shape, size_t smem, const Tensor& plan, Tensor& tokens,
+                     cudaStream_t stream) {
+  using Device = typename DeviceScalar<T>::type;
   const int64_t blocks = hidden.size(0) * shape.channel_blocks;
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "zip_tokens: batch too large for one launch");
-  const size_t smem = sizeof(float) * token_lanes * (kLanesC * VEC + 1);
-  const HiddenInput<T> view{hidden.const_data_ptr<T>(), hidden.stride(0), hidden.stride(1), hidden.stride(2)};
-  zip_apply_kernel<T, VEC><<<static_cast<unsigned>(blocks), token_lanes * kLanesC, smem, stream>>>(
-      view, shape, plan.const_data_ptr<int32_t>(), tokens.mutable_data_ptr<T>());
+  auto* kernel = &zip_apply_kernel<Device, VEC>;
+  allow_shared(kernel, smem);
+  const HiddenInput view{hidden.stride(0), hidden.stride(1), hidden.stride(2)};
+  kernel<<<static_cast<unsigned>(blocks), shape.channel_lanes * shape.row_lanes, smem, stream>>>(
+      device_data<T>(hidden), view, shape, plan.const_data_ptr<int32_t>(),
+      reinterpret_cast<Device*>(tokens.mutable_data_ptr<T>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T>
-void launch_apply(const Tensor& hidden, const Tensor& plan, Tensor& tokens, ApplyShape shape, cudaStream_t stream) {
+void launch_apply(const Tensor& hidden, int k_dom, int k_ctx, const DeviceLimits& device, const Tensor& plan,
+                  Tensor& tokens, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
-  const bool vectorised = hidden.stride(2) == 1 && shape.width % kVec == 0 && aligned16(hidden.const_data_ptr()) &&
+  const int64_t batch = hidden.size(0);
+  const int n_tokens = static_cast<int>(hidden.size(1)), width = static_cast<int>(hidden.size(2));
+  const bool vectorised = hidden.stride(2) == 1 && width % kVec == 0 && aligned16(hidden.const_data_ptr()) &&
                           stride_multiple(hidden, 0, kVec) && stride_multiple(hidden, 1, kVec);
+  size_t smem = 0;
   if (vectorised) {
-    launch_apply_as<T, kVec>(hidden, plan, tokens, shape, stream);
-  } else {
-    launch_apply_as<T, 1>(hidden, plan, tokens, shape, stream);
+    const ApplyShape shape = apply_shape(batch, n_tokens, k_dom, k_ctx, width, kVec, device, LaunchOverrides{}, smem);
+    if (shape.channel_lanes > 0) return launch_apply_as<T, kVec>(hidden, shape, smem, plan, tokens, stream);
   }
+  const ApplyShape shape = apply_shape(batch, n_tokens, k_dom, k_ctx, width, 1, device, LaunchOverrides{}, smem);
+  TORCH_CHECK(shape.channel_lanes > 0, "zip_tokens: backend='cuda' needs more shared memory per block than the ",
+              device.shared_opt_in, " bytes the device allows");
+  launch_apply_as<T, 1>(hidden, shape, smem, plan, tokens, stream);
 }
 
 std::tuple<Tensor, Tensor> zip_tokens_cuda(const Tensor& hidden, const Tensor& attn, int64_t k_dom, int64_t k_ctx,
@@ -166,26 +193,22 @@ std::tuple<Tensor, Tensor> zip_tokens_cuda(const Tensor& hidden, const Tensor& a
   Tensor tokens = at::empty({batch, k_dom + k_ctx, width}, hidden.options());
   Tensor dominant_idx = at::empty({batch, k_dom}, hidden.options().dtype(at::kLong));
   if (batch == 0) return {tokens, dominant_idx};
-  Tensor plan = at::empty({batch, n_tokens + 2 * k_ctx}, hidden.options().dtype(at::kInt));
+  const int n = static_cast<int>(n_tokens), dom = static_cast<int>(k_dom), ctx = static_cast<int>(k_ctx);
+  Tensor plan = at::empty({batch, plan_slots(n, dom)}, hidden.options().dtype(at::kInt));
   const Tensor& metric = keys.has_value() ? *keys : hidden;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const DeviceLimits device = device_limits(hidden.get_device());
 
-  PlanShape plan_shape{static_cast<int>(n_tokens), static_cast<int>(k_dom), static_cast<int>(k_ctx), has_cls, 4, 0, 0,
-                       plan.stride(0)};
-  if (k_ctx > 0) choose_target_chunks(static_cast<int>(n_tokens - k_dom), static_cast<int>(k_ctx), plan_shape);
-  VISIONZIP_DISPATCH_FLOAT(attn.scalar_type(), "zip_tokens_cuda_plan", [&] {
-    using attn_t = scalar_t;
-    VISIONZIP_DISPATCH_FLOAT(metric.scalar_type(), "zip_tokens_cuda_plan", [&] {
-      launch_plan<attn_t, scalar_t>(attn, metric, plan_shape, dominant_idx, plan, stream);
-    });
-  });
-
+  const SelectShape select{n, dom, has_cls, plan.stride(0)};
+  VISIONZIP_DISPATCH_FLOAT(attn.scalar_type(), "zip_tokens_cuda_select",
+                           [&] { launch_select<scalar_t>(attn, select, dominant_idx, plan, stream); });
+  if (ctx > 0) {
+    VISIONZIP_DISPATCH_FLOAT(metric.scalar_type(), "zip_tokens_cuda_assign",
+                             [&] { launch_assign<scalar_t>(metric, dom, ctx, device, plan, stream); });
+  }
   if (width > 0) {
-    const ApplyShape apply_shape{static_cast<int>(n_tokens), static_cast<int>(width), static_cast<int>(k_dom),
-                                 static_cast<int>(k_ctx), 0, plan.stride(0)};
-    VISIONZIP_DISPATCH_FLOAT(hidden.scalar_type(), "zip_tokens_cuda_apply", [&] {
-      launch_apply<scalar_t>(hidden, plan, tokens, apply_shape, stream);
-    });
+    VISIONZIP_DISPATCH_FLOAT(hidden.scalar_type(), "zip_tokens_cuda_apply",
+                             [&] { launch_apply<scalar_t>(hidden, dom, ctx, device, plan, tokens, stream); });
   }
   return {tokens, dominant_idx};
 }

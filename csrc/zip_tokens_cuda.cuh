@@ -1,14 +1,29 @@
-// Device code of the CUDA C++ backend of visionzip::zip_tokens (docs/CONTRACT.md): the plan
-// kernel, the apply kernel, and the views of their inputs. Launched by csrc/zip_tokens_cuda.cu.
+// Device code of the CUDA C++ backend of visionzip::zip_tokens (docs/CONTRACT.md): the views of the
+// inputs, the plan that the kernels hand to each other, and the two planning kernels; the apply
+// kernel that writes the tokens is in zip_apply_cuda.cuh. Launched by csrc/zip_tokens_cuda.cu.
+//
+// The work of one image is spread over three launches, in stream order:
+//   1. zip_select_kernel, one block per image: scores, the top-k_dom and the list of remaining
+//      tokens. A selection needs every score of its image, and one block holds them all in shared
+//      memory; it is the shortest step (one pass over the scores, four radix passes).
+//   2. zip_assign_kernel, blocks of `positions_per_block` remaining positions per image: unit keys,
+//      similarities to the k_ctx targets and the argmax, the bulk of the arithmetic. Each block
+//      recomputes the targets' unit keys itself, so blocks need nothing from each other and an
+//      image's positions spread over as many SMs as the launch chooses.
+//   3. zip_apply_kernel, blocks of channels per image: copies the dominant rows and sums the merge
+//      rows, split by channel block, reading `hidden` once.
+// Three launches rather than one: the steps need, in turn, all of an image's scores, all of its
+// assignments, and all of its rows, and a grid-wide barrier inside one launch (cooperative launch)
+// would forbid the batch sizes and block counts that make step 3 stream. Three rather than more:
+// each further launch costs a few microseconds of latency at batch 1, where the op's budget is ~15.
 //
 // Every quantity that decides an index is evaluated in the contract's float32 order with explicit
 // round-to-nearest intrinsics (__fadd_rn, __fmul_rn, __fdiv_rn, __fsqrt_rn), so no product is
-// fused into a sum whatever the compiler flags.
+// fused into a sum whatever the compiler flags, and the order does not depend on the launch shape:
+// any positions_per_block, tile width or target chunk gives the same bits.
 #pragma once
 
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-#include <cuda_runtime.h>
+#include "device_primitives.cuh"
 
 #include <climits>
 #include <cstddef>
@@ -16,26 +31,24 @@
 
 namespace visionzip::cuda {
 
-// Plan kernel: 1024 threads cover N <= 1024 tokens (CLIP's 577, SigLIP's 729) in one pass of each
-// phase, and 32 warps make the block scans one shuffle level deep.
-constexpr int kPlanThreads = 1024;
-constexpr int kPlanWarps = kPlanThreads / 32;
+// Select kernel: 1024 threads cover N <= 1024 tokens (CLIP's 577, SigLIP's 729) in one pass, and
+// 32 warps make the block scan one shuffle level deep.
+constexpr int kSelectThreads = 1024;
 constexpr int kMaxTokens = 4096;
-constexpr int kTokensPerThread = kMaxTokens / kPlanThreads;  // tokens (or targets) held per thread
-constexpr int kRadixBins = 256;                              // 8-bit digits: four passes over 32 bits
-// Similarity accumulators per thread: 12 fits the 64 registers a 1024-thread block allows, and
-// takes the paper's k_ctx = 10 in one chunk.
+constexpr int kTokensPerThread = kMaxTokens / kSelectThreads;  // tokens held per thread
+constexpr int kRadixBins = 256;                                // 8-bit digits: four passes over 32 bits
+// Assign kernel: 256 threads and (launch bounds) at most 128 registers per thread, so that two
+// blocks fit an SM when the batch is large.
+constexpr int kAssignThreads = 256;
+// Similarity accumulators per thread: 12 takes the paper's k_ctx = 10 in one chunk.
 constexpr int kMaxTargetsPerItem = 12;
-// Apply kernel: each token lane loads up to 8 rows at once (8 x 16 bytes in flight per thread);
-// that takes ~126 registers, so blocks of at most 256 threads keep two blocks resident per SM.
-constexpr int kApplyUnroll = 8;
-constexpr int kApplyMaxThreads = 256;
-// Channel lanes of an apply block: 8 x 16-byte vectors or 32 scalars, 64-128 bytes of each row.
-constexpr int apply_channel_lanes(int vec) { return vec > 1 ? 8 : 32; }
-constexpr int32_t kPastEnd = INT32_MIN;  // a list entry beyond a lane's span (see zip_apply_kernel)
+// Loads in flight per thread while staging metric tiles (16-byte chunks or elements): a block
+// stages its rows in a few round trips to memory rather than one per element.
+constexpr int kStageUnroll = 4;
+// Heads whose attention rows are loaded together before their ordered sum.
+constexpr int kHeadBatch = 8;
 
-static_assert(kPlanWarps == 32, "block_exclusive_sum scans one warp total per lane of warp 0");
-static_assert(kTokensPerThread * kPlanThreads == kMaxTokens, "kMaxTokens must be a multiple of the block");
+static_assert(kTokensPerThread * kSelectThreads == kMaxTokens, "kMaxTokens must be a multiple of the block");
 
 // Attention input, reduced to per-head rows: score[j] = sum_h row(h, j) in head order, where
 // row(h, j) = data[b, h, j] or, with `sum_queries`, sum_i data[b, h, i, j] in query order.
@@ -62,43 +75,57 @@ struct MetricInput {
   bool vectorised;
 };
 
-template <typename T>
-struct HiddenInput {
-  const T* data;
-  int64_t stride_b, stride_n, stride_d;
+// The int32 plan of image b, plan[b * plan_stride ...], plan_stride = 2 N - k_dom slots:
+//   [0, k_dom)   the dominant tokens, ascending                        (zip_select_kernel)
+//   [k_dom, N)   the M = N - k_dom remaining tokens, ascending:
+//                remaining position r holds token plan[k_dom + r]       (zip_select_kernel)
+//   [N, N + M)   per remaining position r, its target t (>= 0) if r is
+//                a merge token, -1 if r is itself a target              (zip_assign_kernel)
+// Targets are the positions r = t * step, t < k_ctx, step = max(1, M / k_ctx).
+__host__ __device__ constexpr int64_t plan_slots(int n_tokens, int k_dom) { return 2 * int64_t{n_tokens} - k_dom; }
+
+struct SelectShape {
+  int n_tokens, k_dom;
+  bool has_cls;
+  int64_t plan_stride;
 };
 
-// Sizes of one zip_tokens call as the plan kernel sees them. Targets are processed in chunks of
+// Sizes of the assign kernel: each block takes `positions_per_block` consecutive remaining
+// positions of one image (position_blocks blocks per image); targets are processed in chunks of
 // `target_chunk` (a multiple of 4, at most kMaxTargetsPerItem) per work item; metric channels in
 // tiles of `tile_channels` held in shared memory.
-struct PlanShape {
+struct AssignShape {
   int n_tokens, k_dom, k_ctx;
-  bool has_cls;
+  int positions_per_block, position_blocks;
   int target_chunk, n_chunks, tile_channels;
-  int64_t plan_stride;  // N + 2 * k_ctx int32 slots per image, see zip_plan_kernel
-};
-
-struct ApplyShape {
-  int n_tokens, width, k_dom, k_ctx;
-  int channel_blocks;
   int64_t plan_stride;
 };
 
 __host__ __device__ constexpr size_t align16(size_t bytes) { return (bytes + 15) & ~size_t{15}; }
 
-// Byte offsets of the plan kernel's dynamic shared memory, computed alike on host and device.
-struct PlanLayout {
-  size_t best_key, score_key, rem_tok, hist, scratch, target_tile, row_tile, bytes;
-  __host__ __device__ PlanLayout(int n_tokens, int target_pitch, int tile_channels) {
-    const size_t n = static_cast<size_t>(n_tokens);
-    best_key = 0;                                // uint64 [N]: packed (similarity, target) maxima
-    score_key = best_key + 8 * n;                // uint32 [N]: rank keys, then float norms
-    rem_tok = score_key + 4 * n;                 // int16 [N]: remaining tokens in index order
-    hist = align16(rem_tok + 2 * n);             // uint32 [256]: radix histogram
-    scratch = hist + 4 * kRadixBins;             // int [kPlanWarps]: scan and select scalars
-    target_tile = align16(scratch + 4 * kPlanWarps);  // float [tile][target_pitch]
-    row_tile = target_tile + 4 * static_cast<size_t>(tile_channels) * target_pitch;  // float [tile][M], sized for N
-    bytes = row_tile + 4 * static_cast<size_t>(tile_channels) * n;
+// Byte offsets of the select kernel's dynamic shared memory.
+struct SelectLayout {
+  size_t score_key, hist, scratch, bytes;
+  __host__ __device__ explicit SelectLayout(int n_tokens) {
+    score_key = 0;                                           // uint32 [N]: rank keys
+    hist = align16(4 * static_cast<size_t>(n_tokens));       // uint32 [256]: radix histogram
+    scratch = hist + 4 * kRadixBins;                         // int [32]: scan and select scalars
+    bytes = scratch + 4 * 32;
+  }
+};
+
+// Byte offsets of the assign kernel's dynamic shared memory, computed alike on host and device. A
+// block's rows are the k_ctx targets, then its positions: n_rows = k_ctx + positions_per_block.
+struct AssignLayout {
+  size_t best_key, norm, row_tok, target_tile, row_tile, bytes;
+  __host__ __device__ AssignLayout(int n_rows, int n_positions, int target_pitch, int tile_channels) {
+    const size_t rows = static_cast<size_t>(n_rows);
+    best_key = 0;                                       // uint64 [positions]: packed (similarity, target) maxima
+    norm = best_key + 8 * static_cast<size_t>(n_positions);  // float [rows]: sums of squares, then norms
+    row_tok = norm + 4 * rows;                          // int32 [rows]: the token of each row
+    target_tile = align16(row_tok + 4 * rows);          // float [tile][target_pitch]: target unit keys
+    row_tile = target_tile + 4 * static_cast<size_t>(tile_channels) * target_pitch;  // float [tile][rows]
+    bytes = row_tile + 4 * static_cast<size_t>(tile_channels) * rows;
   }
 };
 
@@ -109,11 +136,6 @@ struct alignas(sizeof(T) * VEC) Pack {
 
 template <typename T>
 constexpr int kChunk = 16 / sizeof(T);  // channels in one 16-byte load
-
-template <typename T>
-__device__ __forceinline__ float to_float(T value) {
-  return static_cast<float>(value);
-}
 
 // Unsigned key that orders floats like their values, with -0.0 and +0.0 equal.
 __device__ __forceinline__ uint32_t orderable_bits(float value) {
@@ -136,15 +158,28 @@ __device__ __forceinline__ uint64_t assignment_key(float sim, int target) {
 template <typename T>
 __device__ float token_score(const AttnInput<T>& attn, int64_t b, int token, int n_tokens) {
   const T* column = attn.data + b * attn.stride_b + token * attn.stride_k;
-  float score = 0.f;
-  for (int h = 0; h < attn.heads; ++h) {
-    const T* head = column + h * attn.stride_h;
-    float row = to_float(head[0]);
-    if (attn.sum_queries) {
+  if (attn.sum_queries) {
+    float score = 0.f;
+    for (int h = 0; h < attn.heads; ++h) {
+      const T* head = column + h * attn.stride_h;
+      float row = to_float(head[0]);
 #pragma unroll 16  // 16 queries' loads in flight ahead of the ordered sum
       for (int i = 1; i < n_tokens; ++i) row = __fadd_rn(row, to_float(head[i * attn.stride_q]));
+      score = h == 0 ? row : __fadd_rn(score, row);
     }
-    score = h == 0 ? row : __fadd_rn(score, row);
+    return score;
+  }
+  float score = 0.f;
+  for (int h0 = 0; h0 < attn.heads; h0 += kHeadBatch) {
+    float row[kHeadBatch];  // kHeadBatch heads' values loaded together, then summed in head order
+#pragma unroll
+    for (int u = 0; u < kHeadBatch; ++u) {
+      row[u] = h0 + u < attn.heads ? to_float(column[(h0 + u) * attn.stride_h]) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kHeadBatch; ++u) {
+      if (h0 + u < attn.heads) score = h0 + u == 0 ? row[u] : __fadd_rn(score, row[u]);
+    }
   }
   return score;
 }
@@ -156,7 +191,7 @@ __device__ void load_metric_chunk(const MetricInput<T>& metric, int64_t b, int t
   using Chunk = Pack<T, kChunk<T>>;
   const T* row = metric.data + b * metric.stride_b + token * metric.stride_n + d0;
   for (int h = 0; h < metric.heads; ++h) {
-    const Chunk chunk = *reinterpret_cast<const Chunk*>(row + h * metric.stride_h);
+    const Chunk chunk = load_vector(reinterpret_cast<const Chunk*>(row + h * metric.stride_h));
 #pragma unroll
     for (int k = 0; k < kChunk<T>; ++k) x[k] = h == 0 ? to_float(chunk.v[k]) : __fadd_rn(x[k], to_float(chunk.v[k]));
   }
@@ -179,34 +214,57 @@ __device__ __forceinline__ float unit_channel(float x, float norm) {
   return norm > 0.f ? __fdiv_rn(x, norm) : 0.f;
 }
 
-// tile[dd * n_rem + r] = metric channel d0 + dd of remaining token r (its unit-key channel when
-// `norm` is given), for dd < dt. Consecutive threads read consecutive channels of a row.
+// tile[dd * n_rows + r] = metric channel d0 + dd of token row_tok[r] (its unit-key channel when
+// `norm` is given), for dd < dt. Consecutive threads read consecutive channels of a row; each thread
+// has kStageUnroll loads in flight.
 template <typename T>
-__device__ void stage_tile(const MetricInput<T>& metric, int64_t b, const int16_t* rem_tok, int n_rem, int d0,
+__device__ void stage_tile(const MetricInput<T>& metric, int64_t b, const int32_t* row_tok, int n_rows, int d0,
                            int dt, const float* norm, float* tile) {
   constexpr int kC = kChunk<T>;
+  const int stride = static_cast<int>(blockDim.x);
   if (metric.vectorised && dt % kC == 0) {
-    const int chunks = dt / kC;
-    for (int e = threadIdx.x; e < n_rem * chunks; e += blockDim.x) {
-      const int r = e / chunks, q = e % chunks;
-      float x[kC];
-      load_metric_chunk(metric, b, rem_tok[r], d0 + kC * q, x);
+    const int chunks = dt / kC, n_loads = n_rows * chunks;
+    for (int e0 = threadIdx.x; e0 < n_loads; e0 += kStageUnroll * stride) {
+      float x[kStageUnroll][kC];
 #pragma unroll
-      for (int k = 0; k < kC; ++k) tile[(kC * q + k) * n_rem + r] = norm ? unit_channel(x[k], norm[r]) : x[k];
+      for (int u = 0; u < kStageUnroll; ++u) {
+        const int e = e0 + u * stride;
+        if (e < n_loads) load_metric_chunk(metric, b, row_tok[e / chunks], d0 + kC * (e % chunks), x[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kStageUnroll; ++u) {
+        const int e = e0 + u * stride, r = e / chunks, q = e % chunks;
+        if (e < n_loads) {
+#pragma unroll
+          for (int k = 0; k < kC; ++k) {
+            tile[(kC * q + k) * n_rows + r] = norm ? unit_channel(x[u][k], norm[r]) : x[u][k];
+          }
+        }
+      }
     }
     return;
   }
-  for (int e = threadIdx.x; e < n_rem * dt; e += blockDim.x) {
-    const int r = e / dt, dd = e % dt;
-    const float x = load_metric1(metric, b, rem_tok[r], d0 + dd);
-    tile[dd * n_rem + r] = norm ? unit_channel(x, norm[r]) : x;
+  const int n_loads = n_rows * dt;
+  for (int e0 = threadIdx.x; e0 < n_loads; e0 += kStageUnroll * stride) {
+    float x[kStageUnroll];
+#pragma unroll
+    for (int u = 0; u < kStageUnroll; ++u) {
+      const int e = e0 + u * stride;
+      if (e < n_loads) x[u] = load_metric1(metric, b, row_tok[e / dt], d0 + e % dt);
+    }
+#pragma unroll
+    for (int u = 0; u < kStageUnroll; ++u) {
+      const int e = e0 + u * stride, r = e / dt;
+      if (e < n_loads) tile[(e % dt) * n_rows + r] = norm ? unit_channel(x[u], norm[r]) : x[u];
+    }
   }
 }
 
-// Exclusive prefix sum, in thread order, of one int per thread. Every thread of the block must
-// call it; uses scratch[0, kPlanWarps).
+// Exclusive prefix sum, in thread order, of one int per thread, for blocks of whole warps (at most
+// 32 of them). Every thread of the block must call it; uses scratch[0, 32).
 __device__ int block_exclusive_sum(int value, int* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n_warps = static_cast<int>(blockDim.x) >> 5;
   int inclusive = value;
 #pragma unroll
   for (int offset = 1; offset < 32; offset <<= 1) {
@@ -216,14 +274,14 @@ __device__ int block_exclusive_sum(int value, int* scratch) {
   if (lane == 31) scratch[warp] = inclusive;
   __syncthreads();
   if (warp == 0) {
-    const int warp_total = scratch[lane];
+    const int warp_total = lane < n_warps ? scratch[lane] : 0;
     int warp_inclusive = warp_total;
 #pragma unroll
     for (int offset = 1; offset < 32; offset <<= 1) {
       const int up = __shfl_up_sync(0xffffffffu, warp_inclusive, offset);
       if (lane >= offset) warp_inclusive += up;
     }
-    scratch[lane] = warp_inclusive - warp_total;
+    if (lane < n_warps) scratch[lane] = warp_inclusive - warp_total;
   }
   __syncthreads();
   const int exclusive = scratch[warp] + inclusive - value;
@@ -282,47 +340,28 @@ __device__ void radix_select(const uint32_t (&key)[kTokensPerThread], const bool
   n_ties = k;
 }
 
-// Plan kernel: one block of kPlanThreads per image b; inputs as in AttnInput and MetricInput, any
-// strides, N <= kMaxTokens. Computes, in the contract's terms:
-//   - scores (head-reduced attention) and the top-k_dom (CLS always kept, ties to the lower index,
-//     non-finite scores last) by a radix select on rank keys; one block scan then gives every
-//     token its dominant rank or its position in the remaining list;
-//   - dominant_idx[b, :] (int64, ascending);
-//   - for k_ctx > 0: targets every `step` remaining positions; norms of the remaining tokens'
-//     metric (channels summed in order) and their unit keys, staged tile by tile in shared memory;
-//     each merge token's target by similarities summed in channel order (work item = one merge
-//     token x a chunk of targets, accumulators in registers), argmax with ties to the lower target
-//     and NaN last, combined over chunks by a 64-bit atomicMax on assignment_key;
-//   - a stable counting sort of the merge tokens by target (one warp, match_any).
-// plan[b] (int32, plan_stride slots): [0, k_dom) dominant tokens; [k_dom, N) the M remaining
-// tokens grouped by target, each group a header -1 - t followed by its merge tokens in index order;
-// [N, N + k_ctx) target tokens; [N + k_ctx, N + 2 k_ctx) the number of merge tokens per target.
-template <typename attn_t, typename key_t>
-__global__ void __launch_bounds__(kPlanThreads, 1)
-    zip_plan_kernel(AttnInput<attn_t> attn, MetricInput<key_t> metric, PlanShape shape, int64_t* dominant_idx,
-                    int32_t* plan) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  const int n_tokens = shape.n_tokens, k_dom = shape.k_dom, n_targets = shape.k_ctx;
-  const int n_rem = n_tokens - k_dom;
-  const int target_pitch = shape.n_chunks * shape.target_chunk;
-  const PlanLayout layout(n_tokens, target_pitch, shape.tile_channels);
-  auto* best_key = reinterpret_cast<uint64_t*>(smem + layout.best_key);
+// Select kernel: one block of kSelectThreads per image b; attention as in AttnInput, any strides,
+// N <= kMaxTokens. Scores (head-reduced attention) and the top-k_dom (CLS always kept, ties to the
+// lower index, non-finite scores last) by a radix select on rank keys; one block scan over the
+// tokens in index order then gives every token its dominant rank or its remaining position.
+// Writes dominant_idx[b, :] (int64, ascending) and plan[b][0, N) (see plan_slots).
+template <typename attn_t>
+__global__ void __launch_bounds__(kSelectThreads, 1)
+    zip_select_kernel(AttnInput<attn_t> attn, SelectShape shape, int64_t* dominant_idx, int32_t* plan) {
+  unsigned char* smem = dynamic_shared_bytes();
+  const int n_tokens = shape.n_tokens, k_dom = shape.k_dom;
+  const SelectLayout layout(n_tokens);
   auto* score_key = reinterpret_cast<uint32_t*>(smem + layout.score_key);
-  auto* norm = reinterpret_cast<float*>(smem + layout.score_key);  // once the rank keys are consumed
-  auto* rem_tok = reinterpret_cast<int16_t*>(smem + layout.rem_tok);
   auto* hist = reinterpret_cast<uint32_t*>(smem + layout.hist);
   auto* scratch = reinterpret_cast<int*>(smem + layout.scratch);
-  auto* target_tile = reinterpret_cast<float*>(smem + layout.target_tile);
-  auto* row_tile = reinterpret_cast<float*>(smem + layout.row_tile);
   const int64_t b = blockIdx.x;
   int32_t* image_plan = plan + b * shape.plan_stride;
 
-  // Dominant tokens.
-  for (int j = threadIdx.x; j < n_tokens; j += kPlanThreads) {
+  for (int j = threadIdx.x; j < n_tokens; j += kSelectThreads) {
     score_key[j] = score_rank_key(token_score(attn, b, j, n_tokens));
   }
   __syncthreads();
-  const int per_thread = (n_tokens + kPlanThreads - 1) / kPlanThreads;
+  const int per_thread = (n_tokens + kSelectThreads - 1) / kSelectThreads;
   const int first_token = threadIdx.x * per_thread;
   const int first_candidate = shape.has_cls ? 1 : 0;
   uint32_t key[kTokensPerThread];
@@ -358,59 +397,95 @@ __global__ void __launch_bounds__(kPlanThreads, 1)
         dominant_idx[b * k_dom + rank] = j;
         image_plan[rank] = j;
       } else {
-        rem_tok[j - rank] = static_cast<int16_t>(j);
+        image_plan[k_dom + j - rank] = j;
       }
       pairs_before += count_pair[i];
     }
   }
-  __syncthreads();
-  if (n_targets == 0) return;
+}
 
-  // Norms of the remaining tokens' metric, channels summed in order across tiles.
+// Assign kernel: block = (image b, positions [p0, p0 + positions_per_block) of its remaining list),
+// kAssignThreads threads, k_ctx >= 1; metric as in MetricInput, any strides. Reads the remaining
+// tokens from plan[b][k_dom, N) and writes plan[b][N + p] for the block's positions p: the target
+// of each merge token, -1 for a target. In the contract's terms:
+//   - the block's rows are the k_ctx targets' tokens, then its positions' tokens;
+//   - norms of the rows' metric (channels summed in order across tiles), then their unit keys,
+//     staged tile by tile in shared memory;
+//   - each merge token's similarities to the targets, channels summed in order (work item = one
+//     position x a chunk of targets, accumulators in registers), the argmax with ties to the lower
+//     target and NaN last; the chunks' maxima are combined by a 64-bit atomicMax on assignment_key,
+//     whose result does not depend on the order of the atomics.
+// The targets' unit keys are recomputed by every block of the image, the price of needing nothing
+// from other blocks (for the paper's k_ctx = 10, 10 rows beside each block's 32 to 256).
+template <typename key_t>
+__global__ void __launch_bounds__(kAssignThreads, 2)
+    zip_assign_kernel(MetricInput<key_t> metric, AssignShape shape, int32_t* plan) {
+  unsigned char* smem = dynamic_shared_bytes();
+  const int n_tokens = shape.n_tokens, k_dom = shape.k_dom, n_targets = shape.k_ctx;
+  const int n_rem = n_tokens - k_dom;
+  const int64_t b = blockIdx.x / shape.position_blocks;
+  const int first_pos = static_cast<int>(blockIdx.x % shape.position_blocks) * shape.positions_per_block;
+  const int n_pos = min(shape.positions_per_block, n_rem - first_pos);
+  const int n_rows = n_targets + n_pos;
+  const int target_pitch = shape.n_chunks * shape.target_chunk;
+  const AssignLayout layout(n_rows, shape.positions_per_block, target_pitch, shape.tile_channels);
+  auto* best_key = reinterpret_cast<uint64_t*>(smem + layout.best_key);
+  auto* norm = reinterpret_cast<float*>(smem + layout.norm);
+  auto* row_tok = reinterpret_cast<int32_t*>(smem + layout.row_tok);
+  auto* target_tile = reinterpret_cast<float*>(smem + layout.target_tile);
+  auto* row_tile = reinterpret_cast<float*>(smem + layout.row_tile);
+  int32_t* image_plan = plan + b * shape.plan_stride;
+  const int32_t* rem_tok = image_plan + k_dom;
+  int32_t* assigned = image_plan + n_tokens;
+
   const int step = max(1, n_rem / n_targets);
   auto is_target = [&](int r) { return r % step == 0 && r / step < n_targets; };
+  for (int row = threadIdx.x; row < n_rows; row += blockDim.x) {
+    row_tok[row] = rem_tok[row < n_targets ? row * step : first_pos + row - n_targets];
+    norm[row] = 0.f;
+  }
+
+  // Norms of the rows' metric, channels summed in order across tiles.
   const int width = metric.width, dt_max = shape.tile_channels;
   const int n_tiles = (width + dt_max - 1) / dt_max;
-  for (int r = threadIdx.x; r < n_rem; r += kPlanThreads) norm[r] = 0.f;
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int d0 = tile * dt_max, dt = min(dt_max, width - d0);
     __syncthreads();
-    stage_tile(metric, b, rem_tok, n_rem, d0, dt, nullptr, row_tile);
+    stage_tile(metric, b, row_tok, n_rows, d0, dt, static_cast<const float*>(nullptr), row_tile);
     __syncthreads();
-    for (int r = threadIdx.x; r < n_rem; r += kPlanThreads) {
+    for (int r = threadIdx.x; r < n_rows; r += blockDim.x) {
       float sum_sq = norm[r];
       for (int dd = 0; dd < dt; ++dd) {
-        const float x = row_tile[dd * n_rem + r];
+        const float x = row_tile[dd * n_rows + r];
         sum_sq = __fadd_rn(sum_sq, __fmul_rn(x, x));
       }
       norm[r] = tile == n_tiles - 1 ? __fsqrt_rn(sum_sq) : sum_sq;
     }
   }
-  for (int r = threadIdx.x; r < n_rem; r += kPlanThreads) best_key[r] = 0;
-  __syncthreads();
+  for (int i = threadIdx.x; i < n_pos; i += blockDim.x) best_key[i] = 0;
 
-  // Similarities of merge tokens to targets; work item = (remaining position r, chunk of targets).
-  const int chunk = shape.target_chunk, n_items = n_rem * shape.n_chunks;
-  for (int round = 0; round < n_items; round += kPlanThreads) {
+  // Similarities of merge tokens to targets; work item = (position, chunk of targets).
+  const int chunk = shape.target_chunk, n_items = n_pos * shape.n_chunks;
+  for (int round = 0; round < n_items; round += blockDim.x) {
     const int item = round + threadIdx.x;
-    const int r = item % n_rem, t0 = (item / n_rem) * chunk;
-    const bool active = item < n_items && !is_target(r);
+    const int i = item % n_pos, r = n_targets + i, t0 = (item / n_pos) * chunk;
+    const bool active = item < n_items && !is_target(first_pos + i);
     float acc[kMaxTargetsPerItem] = {};
     for (int tile = 0; tile < n_tiles; ++tile) {
       const int d0 = tile * dt_max, dt = min(dt_max, width - d0);
       if (n_tiles > 1 || round == 0) {
         __syncthreads();
         if (n_tiles > 1) {
-          stage_tile(metric, b, rem_tok, n_rem, d0, dt, norm, row_tile);
+          stage_tile(metric, b, row_tok, n_rows, d0, dt, norm, row_tile);
         } else {
-          for (int e = threadIdx.x; e < dt * n_rem; e += kPlanThreads) {
-            row_tile[e] = unit_channel(row_tile[e], norm[e % n_rem]);
+          for (int e = threadIdx.x; e < dt * n_rows; e += blockDim.x) {
+            row_tile[e] = unit_channel(row_tile[e], norm[e % n_rows]);
           }
         }
         __syncthreads();
-        for (int e = threadIdx.x; e < dt * target_pitch; e += kPlanThreads) {
+        for (int e = threadIdx.x; e < dt * target_pitch; e += blockDim.x) {
           const int dd = e / target_pitch, t = e % target_pitch;
-          target_tile[e] = t < n_targets ? row_tile[dd * n_rem + t * step] : 0.f;
+          target_tile[e] = t < n_targets ? row_tile[dd * n_rows + t] : 0.f;
         }
         __syncthreads();
       }
@@ -420,8 +495,9 @@ __global__ void __launch_bounds__(kPlanThreads, 1)
         for (int q = 0; q < kMaxTargetsPerItem / 4; ++q) {
           if (4 * q < chunk) {
             for (int dd = 0; dd < dt; ++dd) {
-              const float u = row_tile[dd * n_rem + r];
-              const float4 v = *reinterpret_cast<const float4*>(target_tile + dd * target_pitch + t0 + 4 * q);
+              const float u = row_tile[dd * n_rows + r];
+              const float* targets = target_tile + dd * target_pitch + t0 + 4 * q;
+              const float4 v = load_vector(reinterpret_cast<const float4*>(targets));
               acc[4 * q + 0] = __fadd_rn(acc[4 * q + 0], __fmul_rn(u, v.x));
               acc[4 * q + 1] = __fadd_rn(acc[4 * q + 1], __fmul_rn(u, v.y));
               acc[4 * q + 2] = __fadd_rn(acc[4 * q + 2], __fmul_rn(u, v.z));
@@ -441,204 +517,13 @@ __global__ void __launch_bounds__(kPlanThreads, 1)
           best = candidate_key > best ? candidate_key : best;
         }
       }
-      atomicMax(reinterpret_cast<unsigned long long*>(best_key + r), static_cast<unsigned long long>(best));
+      atomicMax(reinterpret_cast<unsigned long long*>(best_key + i), static_cast<unsigned long long>(best));
     }
   }
   __syncthreads();
-
-  // Group the merge tokens by target: counts, group offsets, then a stable placement.
-  auto* member_count = reinterpret_cast<int*>(target_tile);  // the tiles are free now: 2 * k_ctx ints fit
-  auto* cursor = reinterpret_cast<int*>(row_tile);
-  auto assigned = [&](int rr) { return static_cast<int>(~static_cast<uint32_t>(best_key[rr])); };
-  for (int t = threadIdx.x; t < n_targets; t += kPlanThreads) member_count[t] = 0;
-  __syncthreads();
-  for (int rr = threadIdx.x; rr < n_rem; rr += kPlanThreads) {
-    if (!is_target(rr)) atomicAdd(&member_count[assigned(rr)], 1);
-  }
-  __syncthreads();
-  const int targets_per_thread = (n_targets + kPlanThreads - 1) / kPlanThreads;
-  const int first_target = threadIdx.x * targets_per_thread;
-  int thread_entries = 0;  // list entries of this thread's groups: a header and the members of each
-  for (int t = first_target; t < min(n_targets, first_target + targets_per_thread); ++t) {
-    thread_entries += member_count[t] + 1;
-  }
-  int group_start = block_exclusive_sum(thread_entries, scratch);
-  for (int t = first_target; t < min(n_targets, first_target + targets_per_thread); ++t) {
-    image_plan[k_dom + group_start] = -1 - t;
-    image_plan[n_tokens + t] = rem_tok[t * step];
-    image_plan[n_tokens + n_targets + t] = member_count[t];
-    cursor[t] = group_start + 1;
-    group_start += member_count[t] + 1;
-  }
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    for (int base = 0; base < n_rem; base += 32) {
-      const int rr = base + lane;
-      const bool merge = rr < n_rem && !is_target(rr);
-      const int t = merge ? assigned(rr) : -1;
-      const unsigned peers = __match_any_sync(0xffffffffu, t);
-      if (merge) image_plan[k_dom + cursor[t] + __popc(peers & ((1u << lane) - 1u))] = rem_tok[rr];
-      __syncwarp();
-      if (merge && lane == __ffs(peers) - 1) cursor[t] += __popc(peers);
-      __syncwarp();
-    }
-  }
-}
-
-// Apply kernel: block = (image b, block of kLanesC * VEC channels); threads = kLanesC channel lanes
-// x token_lanes = blockDim.x / kLanesC token lanes. Writes tokens[b] (contiguous [B, k_dom + k_ctx,
-// D]) from hidden (any batch and token strides; VEC > 1 needs unit channel stride and 16-byte
-// alignment), reading the plan that zip_plan_kernel laid out.
-//
-// Dominant rows: token lane l copies output rows l, l + token_lanes, ... bit for bit, kApplyUnroll
-// rows loaded together.
-//
-// Contextual rows: row t = float(hidden[target_t]) + sum_t / count_t, rounded once, where sum_t is
-// the float32 sum of the merge rows of target t (hidden[target_t] alone where count_t = 0). The plan
-// lists the M remaining tokens grouped by target, in plan[b][k_dom, N): for t = 0, 1, ..., k_ctx - 1
-// a header entry -1 - t (negative), then the token indices (>= 0) of t's merge tokens in index
-// order; count_t is stored apart, in plan[b][N + k_ctx + t]. With k_ctx = 3, for example:
-//     -1 12 40 | -2 | -3 7 9 31 60       (group 0: two rows, group 1: none, group 2: four)
-//
-// Segmented sum. The list is cut into token_lanes equal contiguous spans, one per token lane, so
-// that every lane reads about as many rows whatever the group sizes. A lane walks its span once,
-// kApplyUnroll entries at a time: the entries before the next header (or the span's end) are loaded
-// together, then added to `acc` in list order. Entries past the span's end read as kPastEnd
-// (INT32_MIN): negative, so it ends a batch as a header does, but it is never opened as a group.
-//   - A group whose header lies in a lane's span is that lane's: when the lane meets the next header
-//     inside its span, the group is complete, and the lane writes it (write_group).
-//   - The rows at the start of a span, before its first header, belong to a group opened in an
-//     earlier span. The lane leaves their partial sum in shared memory, carry[lane], and records in
-//     carry_state[lane] how its span meets that group:
-//       kNoCarry      nothing to hand over: the span is empty, or starts with a header;
-//       kCarryCloses  the span holds the group's last rows, then a header: the group ends here;
-//       kCarryPasses  the span holds no header: the group runs through it, and maybe further.
-//   - A lane whose last group is still open at its span's end, the next entry being a merge row
-//     (`tail_open`), finishes it after the __syncthreads(): it walks the following lanes in order,
-//     adding the carry of each that reports kCarryPasses and of the first that reports kCarryCloses,
-//     where it stops (as at a kNoCarry lane, which adds nothing), then writes the group.
-// Every group is written once, by the lane that holds its header; its sum is that lane's rows in list
-// order, then the carries in lane order. The order depends only on the plan and the block's shape,
-// so the output is deterministic (the contract leaves the order of the merge sums free).
-template <typename T, int VEC>
-__global__ void __launch_bounds__(kApplyMaxThreads, 2)
-    zip_apply_kernel(HiddenInput<T> hidden, ApplyShape shape, const int32_t* plan, T* tokens) {
-  constexpr int kLanesC = apply_channel_lanes(VEC);
-  constexpr int kBlockChannels = kLanesC * VEC;
-  constexpr int kNoCarry = 0, kCarryCloses = 1, kCarryPasses = 2;  // carry_state values, see above
-  using Vec = Pack<T, VEC>;
-  extern __shared__ __align__(16) unsigned char smem[];
-  const int token_lanes = blockDim.x / kLanesC;
-  auto* carry = reinterpret_cast<float*>(smem);                         // [token_lanes][kBlockChannels]
-  auto* carry_state = reinterpret_cast<int*>(carry + token_lanes * kBlockChannels);  // [token_lanes]
-  const int lane_c = threadIdx.x % kLanesC, lane_t = threadIdx.x / kLanesC;
-  const int64_t b = blockIdx.x / shape.channel_blocks;
-  const int channel = (blockIdx.x % shape.channel_blocks) * kBlockChannels + lane_c * VEC;
-  const bool in_range = channel < shape.width;
-  const T* src = hidden.data + b * hidden.stride_b + (in_range ? channel : 0) * hidden.stride_d;
-  T* dst = tokens + b * (shape.k_dom + shape.k_ctx) * static_cast<int64_t>(shape.width) + (in_range ? channel : 0);
-  const int32_t* image_plan = plan + b * shape.plan_stride;
-  auto load = [&](int token) { return *reinterpret_cast<const Vec*>(src + token * hidden.stride_n); };
-  auto store = [&](int row, const Vec& value) {
-    *reinterpret_cast<Vec*>(dst + row * static_cast<int64_t>(shape.width)) = value;
-  };
-
-  for (int i = lane_t; i < shape.k_dom; i += kApplyUnroll * token_lanes) {
-    Vec row[kApplyUnroll];  // this lane's next kApplyUnroll dominant rows, loaded together
-#pragma unroll
-    for (int u = 0; u < kApplyUnroll; ++u) {
-      if (i + u * token_lanes < shape.k_dom && in_range) row[u] = load(image_plan[i + u * token_lanes]);
-    }
-#pragma unroll
-    for (int u = 0; u < kApplyUnroll; ++u) {
-      if (i + u * token_lanes < shape.k_dom && in_range) store(i + u * token_lanes, row[u]);
-    }
-  }
-  if (shape.k_ctx == 0) return;
-
-  const int n_rem = shape.n_tokens - shape.k_dom;
-  const int32_t* groups = image_plan + shape.k_dom;
-  const int32_t* target_tok = image_plan + shape.n_tokens;
-  const int32_t* member_count = target_tok + shape.k_ctx;
-  auto write_group = [&](int t, const float (&sum)[VEC]) {
-    if (!in_range) return;
-    const int count = member_count[t];
-    const Vec target = load(target_tok[t]);
-    Vec out;
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) {
-      const float mean = count > 0 ? __fdiv_rn(sum[v], static_cast<float>(count)) : 0.f;
-      out.v[v] = static_cast<T>(__fadd_rn(to_float(target.v[v]), mean));
-    }
-    store(shape.k_dom + t, out);
-  };
-
-  const int span = (n_rem + token_lanes - 1) / token_lanes;
-  const int begin = min(n_rem, lane_t * span), end = min(n_rem, begin + span);
-  float acc[VEC] = {};
-  int open_group = -1;  // a group whose header lies in this span
-  int state = kNoCarry;
-  for (int i = begin; i < end;) {
-    // Up to kApplyUnroll merge rows before the next header (or the span's end), loaded together.
-    int32_t entry[kApplyUnroll];
-#pragma unroll
-    for (int u = 0; u < kApplyUnroll; ++u) entry[u] = i + u < end ? groups[i + u] : kPastEnd;
-    int n_rows = kApplyUnroll, header = kPastEnd;
-#pragma unroll
-    for (int u = kApplyUnroll - 1; u >= 0; --u) {
-      if (entry[u] < 0) {
-        n_rows = u;
-        header = entry[u];
-      }
-    }
-    Vec row[kApplyUnroll];
-#pragma unroll
-    for (int u = 0; u < kApplyUnroll; ++u) {
-      if (u < n_rows && in_range) row[u] = load(entry[u]);
-    }
-#pragma unroll
-    for (int u = 0; u < kApplyUnroll; ++u) {
-      if (u < n_rows && in_range) {
-#pragma unroll
-        for (int v = 0; v < VEC; ++v) acc[v] += to_float(row[u].v[v]);
-      }
-    }
-    i += n_rows;
-    if (n_rows == kApplyUnroll || i == end) continue;
-    // groups[i] is the header of group -1 - groups[i]: close what came before it, open it.
-    if (open_group >= 0) {
-      write_group(open_group, acc);
-    } else if (i > begin) {
-#pragma unroll
-      for (int v = 0; v < VEC; ++v) carry[lane_t * kBlockChannels + lane_c * VEC + v] = acc[v];
-      state = kCarryCloses;
-    }
-    open_group = -1 - header;
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) acc[v] = 0.f;
-    ++i;
-  }
-  bool tail_open = false;
-  if (open_group >= 0) {
-    tail_open = end < n_rem && groups[end] >= 0;
-    if (!tail_open) write_group(open_group, acc);
-  } else if (begin < end) {
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) carry[lane_t * kBlockChannels + lane_c * VEC + v] = acc[v];
-    state = kCarryPasses;
-  }
-  if (lane_c == 0) carry_state[lane_t] = state;
-  __syncthreads();
-  if (tail_open) {
-    for (int lane = lane_t + 1; lane < token_lanes; ++lane) {
-      const int next = carry_state[lane];
-      if (next == kNoCarry) break;
-#pragma unroll
-      for (int v = 0; v < VEC; ++v) acc[v] += carry[lane * kBlockChannels + lane_c * VEC + v];
-      if (next == kCarryCloses) break;
-    }
-    write_group(open_group, acc);
+  for (int i = threadIdx.x; i < n_pos; i += blockDim.x) {
+    const int pos = first_pos + i;
+    assigned[pos] = is_target(pos) ? -1 : static_cast<int>(~static_cast<uint32_t>(best_key[i]));
   }
 }
 

@@ -1,8 +1,10 @@
 """The CUDA C++ backend of zip_tokens (csrc/zip_tokens_cuda.cu) against the reference.
 
 Indices exactly, values within zip_cases' tolerances, on every shared case and dtype; then what only
-a GPU kernel must show: opcheck, CUDA-graph capture and replay, run-to-run determinism, the largest
-supported sizes, strided and mixed-dtype inputs, ties and non-finite values.
+a GPU kernel must show: opcheck, CUDA-graph capture and replay, run-to-run determinism, values bit
+for bit in the apply kernel's documented order, the same bits whatever launch shapes the batch size
+picks (tiling independence), the largest supported sizes, strided and mixed-dtype inputs, ties and
+non-finite values.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 
 import visionzip_kernels as vz
 from visionzip_kernels import _extension
+from zip_apply_order import tokens_in_apply_order
 from zip_cases import (
     DTYPES,
     EDGE_CASES,
@@ -89,6 +92,42 @@ def test_deterministic(case):
         again = zip_cuda(inputs)
         torch.testing.assert_close(again[0], first[0], atol=0, rtol=0)
         torch.testing.assert_close(again[1], first[1], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", [MODEL_CASES[0], MODEL_CASES[3], EDGE_CASES[1], EDGE_CASES[-1]], ids=str)
+def test_values_in_the_apply_kernels_order(case, dtype):
+    """Bit for bit against the apply kernel's summation order (tests/zip_apply_order.py)."""
+    inputs = make_inputs(case, dtype, device="cuda")
+    tokens, _ = zip_cuda(inputs)
+    on_cpu = {name: value.cpu() if isinstance(value, torch.Tensor) else value for name, value in inputs.items()}
+    torch.testing.assert_close(tokens.cpu(), tokens_in_apply_order(on_cpu), atol=0, rtol=0)
+
+
+def batch_of(inputs: dict, rows: slice | list[int]) -> dict:
+    return {name: value[rows] if isinstance(value, torch.Tensor) else value for name, value in inputs.items()}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ZipCase(8, 577, 1024, 16, 64, 54, 10, key_layout="heads"),
+        ZipCase(8, 729, 1152, 16, 72, 108, 20, has_cls=False),
+        ZipCase(8, 577, 1024, 16, 64, 162, 30, key_layout="none"),
+    ],
+    ids=str,
+)
+def test_launch_shapes_change_no_bit(case):
+    """The launch shapes follow the batch size: positions per assign block (32 at B = 1, 256 at
+    B = 256), the metric tile width (all the shared memory in one wave, a third beyond), the apply
+    kernel's channel and row lanes. Each image's bits must not depend on them."""
+    inputs = make_inputs(case, torch.bfloat16, device="cuda")
+    large = batch_of(inputs, [i % case.batch for i in range(256)])
+    tokens, idx = zip_cuda(large)
+    for size in (1, 5, 32):
+        part_tokens, part_idx = zip_cuda(batch_of(large, slice(0, size)))
+        torch.testing.assert_close(part_idx, idx[:size], atol=0, rtol=0)
+        torch.testing.assert_close(part_tokens, tokens[:size], atol=0, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -1,18 +1,25 @@
 // Host stand-ins for csrc/device_primitives.cuh and for the CUDA built-ins that the kernels of
-// csrc/attention_importance_cuda.cuh use, so that those kernels compile with a C++ compiler and
-// run on the CPU: every CUDA thread of a block is an std::thread, blocks run one after another.
+// csrc/attention_importance_cuda.cuh, csrc/zip_tokens_cuda.cuh and csrc/zip_apply_cuda.cuh use, so
+// that those kernels compile with a C++ compiler and run on the CPU: every CUDA thread of a block is
+// an std::thread, blocks run one after another.
 //
 // - __syncthreads is a barrier of the block's threads; a thread that returns leaves it (as exited
-//   threads do on the GPU).
-// - __shfl_xor_sync and the m16n8k16 product exchange values through a per-warp buffer between two
-//   barriers of the warp's 32 threads, so a warp that does not arrive whole deadlocks the test.
+//   threads do on the GPU). __syncwarp is the same barrier for the warp's threads.
+// - The warp shuffles (__shfl_xor_sync, __shfl_up_sync, __shfl_down_sync), __match_any_sync and the
+//   m16n8k16 product exchange values through a per-warp buffer between two barriers of the warp's
+//   32 threads, so a warp that does not arrive whole deadlocks the test.
+// - atomicAdd and atomicMax on integers are std::atomic_ref operations: their results do not depend
+//   on the threads' order, as on the GPU (the kernels use them on integers only).
+// - __fadd_rn, __fmul_rn, __fdiv_rn and __fsqrt_rn are the IEEE float32 operations (compile the
+//   emulation with -ffp-contract=off so that no product is fused into a sum).
+// - load_vector and store_vector check the alignment a 16-byte (or float4) access needs on the GPU.
 // - cp.async copies are queued per thread and run only when cp_async_wait releases their group,
 //   so data read before its wait (or before the barrier after it) is still the poison.
 // - Dynamic shared memory starts as 0xff bytes (NaN as float32, bfloat16 and float16), so reading
 //   anything no thread wrote shows up as NaN in the results.
 // - The tensor-core product takes each lane's fragments in PTX's documented m16n8k16 layout,
 //   multiplies exactly (float64) and rounds each accumulator once.
-// Include this header before csrc/attention_importance_cuda.cuh: it defines the include guard of
+// Include this header before the kernels' headers: it defines the include guard of
 // csrc/device_primitives.cuh, which is then skipped.
 #pragma once
 
@@ -20,7 +27,10 @@
 
 #include <math.h>
 
+#include <cmath>
+
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cstdint>
 #include <cstring>
@@ -31,6 +41,7 @@
 #include <vector>
 
 #define __global__
+#define __host__
 #define __device__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
@@ -43,6 +54,9 @@ struct __half {
 struct __nv_bfloat16 {
   uint16_t bits;
 };
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
 
 namespace emulation {
 
@@ -54,6 +68,7 @@ struct Warp {
   explicit Warp(int lanes) : barrier(lanes) {}
   std::barrier<> barrier;
   float values[32];
+  int64_t words[32];
   uint32_t a[32][4], b[32][2];
 };
 
@@ -74,7 +89,7 @@ struct PendingCopy {
 };
 
 struct ThreadState {
-  Index3 thread{0, 0, 0}, block{0, 0, 0};
+  Index3 thread{0, 0, 0}, block{0, 0, 0}, block_dim{0, 0, 0};
   Block* owner = nullptr;
   std::vector<std::vector<PendingCopy>> groups{{}};  // the last group is still open
 };
@@ -95,6 +110,7 @@ inline void launch(Index3 grid, int threads, int shared_bytes, const std::functi
           state = ThreadState{};
           state.thread = {static_cast<unsigned int>(t), 0, 0};
           state.block = {bx, by, 0};
+          state.block_dim = {static_cast<unsigned int>(threads), 1, 1};
           state.owner = &block;
           kernel();
           block.warps[t / 32]->barrier.arrive_and_drop();
@@ -129,8 +145,78 @@ inline float bits_to_float(uint32_t bits) {
 
 #define threadIdx (::emulation::state.thread)
 #define blockIdx (::emulation::state.block)
+#define blockDim (::emulation::state.block_dim)
 
 inline void __syncthreads() { emulation::state.owner->barrier.arrive_and_wait(); }
+inline void __syncwarp(unsigned int = 0xffffffffu) { emulation::warp().barrier.arrive_and_wait(); }
+
+namespace emulation {
+
+// Every lane publishes `value`; returns what lane `source(lane)` published (its own value where
+// the source is outside the warp).
+template <typename Source>
+int64_t exchange(int64_t value, Source source) {
+  auto& w = warp();
+  const int me = lane();
+  w.words[me] = value;
+  w.barrier.arrive_and_wait();
+  const int from = source(me);
+  const int64_t other = from >= 0 && from < 32 ? w.words[from] : value;
+  w.barrier.arrive_and_wait();
+  return other;
+}
+
+}  // namespace emulation
+
+inline int __shfl_up_sync(unsigned int, int value, int delta) {
+  return static_cast<int>(emulation::exchange(value, [&](int me) { return me - delta; }));
+}
+
+inline int __shfl_down_sync(unsigned int, int value, int delta) {
+  return static_cast<int>(emulation::exchange(value, [&](int me) { return me + delta; }));
+}
+
+// The lanes whose `value` equals this lane's, as a bit mask.
+inline unsigned int __match_any_sync(unsigned int, int value) {
+  auto& w = emulation::warp();
+  const int me = emulation::lane();
+  w.words[me] = value;
+  w.barrier.arrive_and_wait();
+  unsigned int peers = 0;
+  for (int l = 0; l < 32; ++l) {
+    if (w.words[l] == value) peers |= 1u << l;
+  }
+  w.barrier.arrive_and_wait();
+  return peers;
+}
+
+inline int __popc(unsigned int bits) { return __builtin_popcount(bits); }
+inline int __ffs(unsigned int bits) { return __builtin_ffs(static_cast<int>(bits)); }
+
+inline int atomicAdd(int* address, int value) { return std::atomic_ref<int>(*address).fetch_add(value); }
+inline unsigned int atomicAdd(unsigned int* address, unsigned int value) {
+  return std::atomic_ref<unsigned int>(*address).fetch_add(value);
+}
+inline unsigned long long atomicMax(unsigned long long* address, unsigned long long value) {
+  std::atomic_ref<unsigned long long> target(*address);
+  unsigned long long old = target.load();
+  while (old < value && !target.compare_exchange_weak(old, value)) {
+  }
+  return old;
+}
+
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return sqrtf(a); }
+inline unsigned int __float_as_uint(float value) {
+  unsigned int bits;
+  std::memcpy(&bits, &value, 4);
+  return bits;
+}
+
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
 
 inline float __shfl_xor_sync(unsigned int, float value, int lane_mask) {
   auto& w = emulation::warp();
@@ -157,6 +243,48 @@ template <typename T>
 void load_floats16(const T* ptr, float (&out)[16 / sizeof(T)]) {
   if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) throw std::runtime_error("misaligned 16-byte load");
   for (size_t i = 0; i < 16 / sizeof(T); ++i) out[i] = to_float(ptr[i]);
+}
+
+template <typename T>
+T from_float(float value);
+
+template <>
+inline float from_float<float>(float value) {
+  return value;
+}
+
+template <>
+inline __half from_float<__half>(float value) {
+  const _Float16 rounded = static_cast<_Float16>(value);  // IEEE binary16, to nearest even
+  __half out;
+  std::memcpy(&out.bits, &rounded, 2);
+  return out;
+}
+
+template <>
+inline __nv_bfloat16 from_float<__nv_bfloat16>(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  if (std::isnan(value)) return {0x7fc0};
+  bits += 0x7fffu + ((bits >> 16) & 1u);  // to nearest, ties to even
+  return {static_cast<uint16_t>(bits >> 16)};
+}
+
+template <typename V>
+void check_vector_alignment(const V* ptr) {
+  if (reinterpret_cast<uintptr_t>(ptr) % alignof(V) != 0) throw std::runtime_error("misaligned vector access");
+}
+
+template <typename V>
+V load_vector(const V* ptr) {
+  check_vector_alignment(ptr);
+  return *ptr;
+}
+
+template <typename V>
+void store_vector(V* ptr, const V& value) {
+  check_vector_alignment(ptr);
+  *ptr = value;
 }
 
 inline unsigned char* dynamic_shared_bytes() {
