@@ -20,6 +20,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -27,8 +28,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <mutex>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace visionzip::cuda {
 namespace {
@@ -104,11 +107,19 @@ MetricInput<typename DeviceScalar<T>::type> metric_input(const Tensor& metric) {
   return view;
 }
 
+// The device's SM count and its shared memory opt-in, for the launch shapes: queried once per
+// device, so a call makes no driver query.
 DeviceLimits device_limits(int device) {
-  int sm_count = 0, opt_in = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&opt_in, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return {sm_count, static_cast<size_t>(opt_in)};
+  static const int devices = c10::cuda::device_count();
+  static std::vector<DeviceLimits> limits(devices);
+  static std::vector<std::once_flag> queried(devices);
+  std::call_once(queried[device], [device] {
+    int sm_count = 0, opt_in = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&opt_in, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    limits[device] = {sm_count, static_cast<size_t>(opt_in)};
+  });
+  return limits[device];
 }
 
 // Allows `bytes` of dynamic shared memory for `kernel` where that is beyond the default 48 KiB.
