@@ -73,32 +73,39 @@ def check_attention_importance_args(q, k, has_cls=True, scale=None, lse=None) ->
     ``None``), or a ``TypeError``/``ValueError`` naming the argument for any input the op rejects.
     Reads shapes, dtypes and devices only."""
     checks.check_float_tensor(q, "q", OP, QK_LAYOUTS)
-    checks.check_nonempty_dims(q, "q", OP, QK_DIMS)
+    q_shape = q.shape
+    if 0 in q_shape:  # the detailed checks only where a dimension is empty, or devices differ
+        checks.check_nonempty_dims(q, "q", OP, QK_DIMS)
     checks.check_float_tensor(k, "k", OP, QK_LAYOUTS)
-    checks.check_nonempty_dims(k, "k", OP, QK_DIMS)
-    if k.shape != q.shape:
-        raise ValueError(f"{OP}: `k` must have the shape of `q` {tuple(q.shape)}, got {tuple(k.shape)}")
+    k_shape = k.shape
+    if 0 in k_shape:
+        checks.check_nonempty_dims(k, "k", OP, QK_DIMS)
+    if k_shape != q_shape:
+        raise ValueError(f"{OP}: `k` must have the shape of `q` {tuple(q_shape)}, got {tuple(k_shape)}")
     if k.dtype != q.dtype:
         raise ValueError(f"{OP}: `k` must have the dtype of `q` ({q.dtype}), got {k.dtype}")
     has_cls = checks.check_bool(has_cls, "has_cls", OP)
     scale = checks.check_optional_float(scale, "scale", OP)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scale = q_shape[-1] ** -0.5 if scale is None else scale
     if lse is not None:
         if not isinstance(lse, torch.Tensor):
             raise TypeError(f"{OP}: `lse` must be a torch.Tensor or None, got {type(lse).__name__}")
-        if lse.shape != q.shape[:3]:
+        if lse.shape != q_shape[:3]:
             raise ValueError(
-                f"{OP}: `lse` must be [B, H, N] = {tuple(q.shape[:3])} like `q`, got shape {tuple(lse.shape)}"
+                f"{OP}: `lse` must be [B, H, N] = {tuple(q_shape[:3])} like `q`, got shape {tuple(lse.shape)}"
             )
         if lse.dtype != torch.float32:
             raise ValueError(f"{OP}: `lse` must be float32, got {lse.dtype}")
-    checks.check_same_device({"q": q, "k": k, "lse": lse}, "q", OP)
+    device = q.device
+    if k.device != device or (lse is not None and lse.device != device):
+        checks.check_same_device({"q": q, "k": k, "lse": lse}, "q", OP)
     return has_cls, scale
 
 
 def available_backends(device) -> list[str]:
     """The ``attention_importance`` backends that run on ``device``, fastest first."""
     return BACKENDS.available(device)
+
 
 def attention_importance(
     q: torch.Tensor,
