@@ -13,6 +13,8 @@
 ``auto`` prefers, on CUDA, the CUDA C++ backend over Triton: on an H200 (bf16, CLIP-L/336, 54 + 10,
 CUDA-graph replay; ``benchmarks/results/zip_tokens_nvidia-h200.csv``) it took 41.8 us against
 49.1 us at B=1 and 0.219 ms against 0.406 ms at B=256, and was faster at every batch measured.
+Those rows are of the kernels before both backends spread an image over many blocks; the order
+stands until ``benchmarks/gpu_check.sh`` measures the redesigned ones.
 
 ``torch.ops.visionzip.zip_tokens`` is the same op with the automatic choice; its fake kernel gives
 the output shapes to ``torch.compile``. Every backend is differentiable with respect to ``hidden``
