@@ -24,7 +24,6 @@ batch), with a markdown table (``.md``) and a TTFT chart (``.png``, needs matplo
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import sys
 import time
@@ -32,7 +31,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import transformers
 
 from bench_prefill import progress, publish, select_geometries
 from generate.chart import write_chart
@@ -45,7 +43,7 @@ from prefill.geometry import paper_geometries, tiny_geometries
 from prefill.models import build_encoder
 from prefill.rows import FULL_SIZE, TINY, merge_rows, read_rows, write_rows
 from prefill.timing import RepetitionPolicy, Timer
-from run_environment import RESULTS_DIR, device_slug, environment
+from run_environment import RESULTS_DIR, device_slug, model_run_environment
 
 MODELS = ("LLaVA-1.5-7B", "LLaVA-NeXT-7B")
 GPU_POLICY = RepetitionPolicy(warmup=3, min_reps=5, max_reps=15, target_ms=500.0, rounds=5)
@@ -83,11 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = TINY_POLICY if tiny else GPU_POLICY
     timer = Timer(device, replace(policy, rounds=args.rounds) if args.rounds else policy)
     options = Options(configs, args.new_tokens, args.all_budgets, TINY_COMPILE if tiny else GPU_COMPILE)
-    env = {
-        **environment(device), "mode": mode, "transformers": transformers.__version__,
-        "dtype": str(dtype).removeprefix("torch."),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    env = model_run_environment(device, mode, dtype)
     torch.manual_seed(0)
 
     stem = results_stem(args.results_dir, device_slug(device), mode)

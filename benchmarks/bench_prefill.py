@@ -21,14 +21,12 @@ batch), with a markdown table (``.md``) and a stage-breakdown chart (``.png``, n
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import sys
 import time
 from pathlib import Path
 
 import torch
-import transformers
 
 from prefill.chart import matplotlib_missing_note, write_chart
 from prefill.geometry import ModelGeometry, paper_geometries, tiny_geometries
@@ -37,7 +35,7 @@ from prefill.models import build_models
 from prefill.report import render
 from prefill.rows import FULL_SIZE, STAGES, TINY, TTFT, merge_rows, read_rows, results_stem, write_rows
 from prefill.timing import GPU_POLICY, TINY_POLICY, Timer
-from run_environment import RESULTS_DIR, device_slug, environment
+from run_environment import RESULTS_DIR, device_slug, model_run_environment
 
 GRAPH_CHOICES = {"all": frozenset([*STAGES, TTFT]), "zip": frozenset(["zip"]), "none": frozenset()}
 
@@ -93,11 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)  # a smoke test: one thread is fastest on a small, shared CI machine
     graph_stages = frozenset() if tiny else GRAPH_CHOICES[args.graphs]
     timer = Timer(device, TINY_POLICY if tiny else GPU_POLICY)
-    env = {
-        **environment(device), "mode": mode, "transformers": transformers.__version__,
-        "dtype": str(dtype).removeprefix("torch."),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    env = model_run_environment(device, mode, dtype)
     torch.manual_seed(0)
 
     stem = results_stem(args.results_dir, device_slug(device), mode)

@@ -38,7 +38,6 @@ printed last, with the issue's criteria (1 image: TTFT >= 1.2x at 0.65 + 0.05 an
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import importlib.util
 import sys
@@ -48,13 +47,12 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-import transformers
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from generate.models import twin
 from prefill.timing import TINY_POLICY, RepetitionPolicy, Timer, timing_fields
-from run_environment import RESULTS_DIR, device_slug, environment, write_rows
+from run_environment import RESULTS_DIR, device_slug, model_run_environment, write_rows
 from visionzip_kernels.integrations import apply_visionzip
 from visionzip_kernels.integrations import qwen_vl
 from visionzip_kernels.integrations.budget import Budget
@@ -304,10 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     if tiny:
         torch.set_num_threads(1)  # a smoke test: one thread is fastest on a small, shared CI machine
     attention = "flash_attention_2" if not tiny and importlib.util.find_spec("flash_attn") else "sdpa"
-    env = {**environment(device), "mode": "tiny" if tiny else "full-size",
-           "transformers": transformers.__version__, "dtype": str(dtype).removeprefix("torch."),
-           "attention": attention, "model": geometry.name,
-           "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    env = {**model_run_environment(device, "tiny" if tiny else "full-size", dtype), "attention": attention,
+           "model": geometry.name}
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(

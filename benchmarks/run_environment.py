@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import platform
 import re
 import subprocess
@@ -58,6 +59,18 @@ def environment(device: torch.device) -> dict:
         "triton": triton_version,
         "cuda": torch.version.cuda or "none",
         "commit": git_commit(),
+    }
+
+
+def model_run_environment(device: torch.device, mode: str, dtype: torch.dtype) -> dict:
+    """``environment(device)`` with what every model benchmark adds: its mode (tiny or full-size),
+    the transformers version, the dtype and when it ran (UTC)."""
+    import transformers
+
+    return {
+        **environment(device), "mode": mode, "transformers": transformers.__version__,
+        "dtype": str(dtype).removeprefix("torch."),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
