@@ -9,7 +9,7 @@ Definitions (medians of per-round medians, ms):
 """
 from __future__ import annotations
 
-from prefill.report import environment_lines, format_ms, format_ratio
+from prefill.report import KeyedRows, environment_lines, format_ms, format_ratio
 from prefill.rows import TINY, number
 
 from .configs import CONFIGS, FULL, PACKAGE_CONFIGS, PUBLISHED, VZK_EAGER
@@ -28,25 +28,16 @@ HEADER = (
 )
 
 
-class GenerateIndex:
-    """Rows (CSV strings) looked up by (model, batch, config, budget, metric)."""
+class GenerateIndex(KeyedRows):
+    """Generate rows by (model, batch, config, budget, metric)."""
 
-    def __init__(self, rows: list[dict[str, str]]):
-        self.rows = rows
-        self._by_key = {(r["model"], r["batch"], r["config"], r["budget"], r["metric"]): r for r in rows}
+    KEY = ("model", "batch", "config", "budget", "metric")
 
     def row(self, model, batch, config, budget, metric) -> dict | None:
-        return self._by_key.get((model, str(batch), config, str(budget), metric))
+        return self.lookup(model, batch, config, budget, metric)
 
     def ms(self, model, batch, config, budget, metric=TTFT) -> float | None:
-        row = self.row(model, batch, config, budget, metric)
-        return number(row["median_ms"]) if row and row["status"] == "ok" else None
-
-    def models(self) -> list[str]:
-        return list(dict.fromkeys(r["model"] for r in self.rows))
-
-    def batches(self, model: str) -> list[int]:
-        return sorted({int(r["batch"]) for r in self.rows if r["model"] == model})
+        return self.median_ms(model, batch, config, budget, metric)
 
     def budgets(self, model: str, batch: int) -> list[int]:
         return sorted({int(r["budget"]) for r in self.rows

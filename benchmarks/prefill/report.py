@@ -41,21 +41,23 @@ def format_ratio(numerator: float | None, denominator: float | None) -> str:
     return f"{numerator / denominator:.2f}x"
 
 
-class RowIndex:
-    """Rows (CSV strings) looked up by (model, batch, pipeline, budget, stage, cuda_graph)."""
+class KeyedRows:
+    """Rows (CSV strings) looked up by the values of the fields ``KEY`` names, in that order; the
+    common part of the prefill and generate reports' indexes."""
+
+    KEY: tuple[str, ...] = ()
 
     def __init__(self, rows: list[dict[str, str]]):
         self.rows = rows
-        self._by_key = {
-            (r["model"], r["batch"], r["pipeline"], r["budget"], r["stage"], r["cuda_graph"]): r for r in rows
-        }
+        self._by_key = {tuple(r[field] for field in self.KEY): r for r in rows}
 
-    def row(self, model, batch, pipeline, budget, stage, graph="no") -> dict | None:
-        return self._by_key.get((model, str(batch), pipeline, str(budget), stage, graph))
+    def lookup(self, *key) -> dict | None:
+        """The row whose ``KEY`` fields read ``key`` (values compared as strings), else ``None``."""
+        return self._by_key.get(tuple(str(value) for value in key))
 
-    def ms(self, model, batch, pipeline, budget, stage, graph="no") -> float | None:
+    def median_ms(self, *key) -> float | None:
         """The median of an ``ok`` row, else ``None``."""
-        row = self.row(model, batch, pipeline, budget, stage, graph)
+        row = self.lookup(*key)
         return number(row["median_ms"]) if row and row["status"] == "ok" else None
 
     def models(self) -> list[str]:
@@ -63,6 +65,18 @@ class RowIndex:
 
     def batches(self, model: str) -> list[int]:
         return sorted({int(r["batch"]) for r in self.rows if r["model"] == model})
+
+
+class RowIndex(KeyedRows):
+    """Prefill rows by (model, batch, pipeline, budget, stage, cuda_graph)."""
+
+    KEY = ("model", "batch", "pipeline", "budget", "stage", "cuda_graph")
+
+    def row(self, model, batch, pipeline, budget, stage, graph="no") -> dict | None:
+        return self.lookup(model, batch, pipeline, budget, stage, graph)
+
+    def ms(self, model, batch, pipeline, budget, stage, graph="no") -> float | None:
+        return self.median_ms(model, batch, pipeline, budget, stage, graph)
 
     def budgets(self, model: str, batch: int) -> list[int]:
         return sorted({int(r["budget"]) for r in self.rows if r["model"] == model
