@@ -2,8 +2,8 @@
 #
 #   make demo             install, then run the self-check (python -m visionzip_kernels): every
 #                         backend checked against the reference and timed, on synthetic inputs.
-#   make test             install, compile-check the CUDA and CMake builds, check the wheel
-#                         (make wheel-check), run the test suite.
+#   make test             install, then run the test suite and, beside it, compile-check the
+#                         CUDA and CMake builds and check the wheel (make wheel-check).
 #   make install          torch 2.13.0 if no torch is installed (never a second, CUDA build), the
 #                         other requirements, then the package itself, editable, without its
 #                         dependencies (so pip never resolves torch) and built against that torch.
@@ -42,7 +42,7 @@ TORCH_FLAGS_SCRIPT := import sysconfig, torch, torch.utils.cpp_extension as ext;
 	print(" ".join(["-I" + d for d in dirs] + ext.COMMON_NVCC_FLAGS \
 	+ ["-D_GLIBCXX_USE_CXX11_ABI=%d" % torch._C._GLIBCXX_USE_CXX11_ABI]))
 
-.PHONY: install demo test wheel-check cmake-check cuda-check cuda-check-objects FORCE
+.PHONY: install demo test build-checks unit-tests wheel-check cmake-check cuda-check cuda-check-objects FORCE
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
@@ -52,10 +52,18 @@ install:
 demo: install
 	$(PYTHON) -m visionzip_kernels
 
+# The test suite runs mostly on one core, so the compile checks run beside it, one after another;
+# each job's output is printed whole when it ends (--output-sync).
 test: install
-	$(MAKE) --no-print-directory -j2 cuda-check cmake-check
+	$(MAKE) --no-print-directory --output-sync=target -j2 build-checks unit-tests
+
+build-checks:
+	$(MAKE) --no-print-directory cuda-check cmake-check
 	$(MAKE) --no-print-directory wheel-check
-	$(PYTHON) -m pytest -q tests
+
+# Without the jobserver in the environment, so that the tests' own `make` calls run as a user's.
+unit-tests:
+	env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(PYTHON) -m pytest -q tests
 
 wheel-check:
 	$(PYTHON) tools/wheel_check.py

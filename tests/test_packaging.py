@@ -1,6 +1,6 @@
 """Installing like a library: the metadata (pyproject.toml, one version), the message of a build that
 cannot see torch, and the message of the integrations without transformers. The wheel round trip
-itself is `make wheel-check` (tools/wheel_check.py), which `make test` runs before the tests."""
+itself is `make wheel-check` (tools/wheel_check.py), which `make test` runs beside the tests."""
 from __future__ import annotations
 
 import importlib.metadata
