@@ -57,13 +57,18 @@ demo: install
 test: install
 	$(MAKE) --no-print-directory --output-sync=target -j2 build-checks unit-tests
 
-build-checks:
-	$(MAKE) --no-print-directory cuda-check cmake-check
-	$(MAKE) --no-print-directory wheel-check
+# Each job starts without the parent's jobserver in its environment (the builds below, cmake's make,
+# ninja and the tests' own `make` calls run as they do from a shell); the variables travel
+# explicitly.
+FRESH := env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL
+VARIABLES := PYTHON="$(PYTHON)" NVCC="$(NVCC)" CUDA_ARCHS="$(CUDA_ARCHS)" NVCC_THREADS=$(NVCC_THREADS)
 
-# Without the jobserver in the environment, so that the tests' own `make` calls run as a user's.
+build-checks:
+	$(FRESH) $(MAKE) --no-print-directory $(VARIABLES) cuda-check cmake-check
+	$(FRESH) $(MAKE) --no-print-directory $(VARIABLES) wheel-check
+
 unit-tests:
-	env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(PYTHON) -m pytest -q tests
+	$(FRESH) $(PYTHON) -m pytest -q tests
 
 wheel-check:
 	$(PYTHON) tools/wheel_check.py
