@@ -69,11 +69,11 @@ def check_float_tensor(tensor, name: str, caller: str, layouts: dict[int, str]) 
 def check_nonempty_dims(tensor, name: str, caller: str, dims: dict[int, str]) -> None:
     """Each dimension in ``dims`` (index -> its name) of ``tensor`` is at least 1."""
     shape = tensor.shape
+    if 0 not in shape:  # the common case, decided at once
+        return
     for dim, dim_name in dims.items():
         if shape[dim] < 1:
-            raise ValueError(
-                f"{caller}: `{name}` must have {dim_name} >= 1, got shape {tuple(tensor.shape)}"
-            )
+            raise ValueError(f"{caller}: `{name}` must have {dim_name} >= 1, got shape {tuple(shape)}")
 
 
 def check_same_device(tensors: dict, anchor: str, caller: str) -> None:

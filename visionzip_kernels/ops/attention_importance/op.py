@@ -73,13 +73,10 @@ def check_attention_importance_args(q, k, has_cls=True, scale=None, lse=None) ->
     ``None``), or a ``TypeError``/``ValueError`` naming the argument for any input the op rejects.
     Reads shapes, dtypes and devices only."""
     checks.check_float_tensor(q, "q", OP, QK_LAYOUTS)
-    q_shape = q.shape
-    if 0 in q_shape:  # the detailed checks only where a dimension is empty, or devices differ
-        checks.check_nonempty_dims(q, "q", OP, QK_DIMS)
+    checks.check_nonempty_dims(q, "q", OP, QK_DIMS)
     checks.check_float_tensor(k, "k", OP, QK_LAYOUTS)
-    k_shape = k.shape
-    if 0 in k_shape:
-        checks.check_nonempty_dims(k, "k", OP, QK_DIMS)
+    checks.check_nonempty_dims(k, "k", OP, QK_DIMS)
+    q_shape, k_shape = q.shape, k.shape
     if k_shape != q_shape:
         raise ValueError(f"{OP}: `k` must have the shape of `q` {tuple(q_shape)}, got {tuple(k_shape)}")
     if k.dtype != q.dtype:
@@ -96,9 +93,7 @@ def check_attention_importance_args(q, k, has_cls=True, scale=None, lse=None) ->
             )
         if lse.dtype != torch.float32:
             raise ValueError(f"{OP}: `lse` must be float32, got {lse.dtype}")
-    device = q.device
-    if k.device != device or (lse is not None and lse.device != device):
-        checks.check_same_device({"q": q, "k": k, "lse": lse}, "q", OP)
+    checks.check_same_device({"q": q, "k": k, "lse": lse}, "q", OP)
     return has_cls, scale
 
 

@@ -80,15 +80,11 @@ def check_zip_tokens_args(hidden, attn, k_dom, k_ctx, keys=None, has_cls=True) -
                 f"{OP}: `keys` must have B={batch} and N={n_tokens} like `hidden` "
                 f"{tuple(hidden_shape)}, got shape {tuple(keys_shape)}"
             )
-        if 0 in keys_shape:  # the detailed checks only where a dimension is empty, or devices differ
-            checks.check_nonempty_dims(keys, "keys", OP, KEY_DIMS[len(keys_shape)])
-    if 0 in hidden_shape:
-        checks.check_nonempty_dims(hidden, "hidden", OP, HIDDEN_DIMS)
-    if len(attn_shape) > 2 and 0 in attn_shape:
+        checks.check_nonempty_dims(keys, "keys", OP, KEY_DIMS[len(keys_shape)])
+    checks.check_nonempty_dims(hidden, "hidden", OP, HIDDEN_DIMS)
+    if len(attn_shape) > 2:
         checks.check_nonempty_dims(attn, "attn", OP, ATTN_DIMS)
-    device = hidden.device
-    if attn.device != device or (keys is not None and keys.device != device):
-        checks.check_same_device({"hidden": hidden, "attn": attn, "keys": keys}, "hidden", OP)
+    checks.check_same_device({"hidden": hidden, "attn": attn, "keys": keys}, "hidden", OP)
 
     if k_dom < 1:
         counted = " (it counts the CLS token, so 1 keeps the CLS token alone)" if has_cls else ""
