@@ -1,8 +1,10 @@
-"""Tiny random Qwen2.5-VL and Qwen3-VL models, tokenizer, processors and images for the tests.
+"""Tiny random Qwen2.5-VL, Qwen3-VL and Qwen3.5 models, tokenizer, processors and images for the tests.
 
 Built from small configs, no download: vision encoders of 3 blocks, width 32, 2 heads (Qwen2.5-VL:
 14-pixel patches, windows of 2 x 2 merge units, the last block full attention; Qwen3-VL: 16-pixel
-patches, deepstack after blocks 0 and 1), 2-layer language models of width 32 with M-RoPE; a
+patches, deepstack after blocks 0 and 1; Qwen3.5, dense and MoE: Qwen3-VL's encoder without
+deepstack, a linear-attention layer then a full-attention layer, the MoE with 4 experts of which
+2 are routed per token), 2-layer language models of width 32 with M-RoPE; a
 word-level tokenizer with Qwen's vision tokens; the Pillow image processor of Qwen2-VL. The
 processors are image-only (Qwen's video processors need torchvision, which the CPU job lacks).
 Weights and images are seeded.
@@ -17,6 +19,10 @@ from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeConfig,
+    Qwen3_5MoeForConditionalGeneration,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
     Qwen3VLProcessor,
@@ -30,7 +36,7 @@ WORDS = ["<pad>", "<s>", "</s>", "<unk>", *VISION_TOKENS, "user:", "assistant:",
 WORDS += ["image", "and", "compare", "them", "?", "more", "please"] + [f"w{i}" for i in range(30)]
 IMAGE_ID = WORDS.index("<|image_pad|>")
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
-PATCH = {"qwen2_5_vl": 14, "qwen3_vl": 16}
+PATCH = {"qwen2_5_vl": 14, "qwen3_vl": 16, "qwen3_5": 16, "qwen3_5_moe": 16}
 MERGE = 2
 # Greedy, three tokens, never a vision token (a generated placeholder would need an image)
 GENERATE = dict(
@@ -42,12 +48,10 @@ GENERATE = dict(
 )
 
 # Image sizes (height, width) in pixels, multiples of 28 and 32, so both processors keep them:
-# Qwen2.5-VL grids 4x6, 6x8, 8x8 patches (6, 12, 16 merged tokens), Qwen3-VL 4x6, 6x8, 8x8 too
-# at 64x96, 96x128, 128x128. The images of a batch are listed in prompt order.
-SIZES = {
-    "qwen2_5_vl": [(56, 84), (84, 112), (112, 112)],
-    "qwen3_vl": [(64, 96), (96, 128), (128, 128)],
-}
+# Qwen2.5-VL grids 4x6, 6x8, 8x8 patches (6, 12, 16 merged tokens), Qwen3-VL and Qwen3.5 4x6, 6x8,
+# 8x8 too at 64x96, 96x128, 128x128. The images of a batch are listed in prompt order.
+SIZES = {"qwen2_5_vl": [(56, 84), (84, 112), (112, 112)]}
+SIZES |= {family: [(64, 96), (96, 128), (128, 128)] for family in ("qwen3_vl", "qwen3_5", "qwen3_5_moe")}
 MERGED_TOKENS = [6, 12, 16]
 BATCHES = {
     "1-image": ([f"user: {IMAGE} describe the image ? assistant:"], [0]),
@@ -84,10 +88,13 @@ def token_ids() -> dict:
 
 
 def make_model(family: str, seed: int = 0):
-    """A tiny random ``Qwen2_5_VLForConditionalGeneration`` or ``Qwen3VLForConditionalGeneration``."""
+    """A tiny random ``Qwen2_5_VLForConditionalGeneration``, ``Qwen3VLForConditionalGeneration``,
+    ``Qwen3_5ForConditionalGeneration`` or ``Qwen3_5MoeForConditionalGeneration``."""
     torch.manual_seed(seed)
     vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32)
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
+    if family in ("qwen3_5", "qwen3_5_moe"):
+        return make_qwen3_5(family, dict(vision, patch_size=16, num_position_embeddings=16), rope)
     if family == "qwen2_5_vl":
         config = Qwen2_5_VLConfig(
             vision_config=dict(vision, patch_size=14, window_size=56, fullatt_block_indexes=[2]),
@@ -103,6 +110,27 @@ def make_model(family: str, seed: int = 0):
         **token_ids(),
     )
     return Qwen3VLForConditionalGeneration(config).eval()
+
+
+def make_qwen3_5(family: str, vision: dict, rope: dict):
+    """Qwen3.5 (dense or MoE): one linear-attention (gated delta rule) and one full-attention layer."""
+    text = text_config(
+        head_dim=8,
+        rope_parameters=dict(rope, mrope_interleaved=True),
+        layer_types=["linear_attention", "full_attention"],
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+    )
+    if family == "qwen3_5":
+        config = Qwen3_5Config(vision_config=vision, text_config=text, **token_ids())
+        return Qwen3_5ForConditionalGeneration(config).eval()
+    experts = dict(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16
+    )
+    config = Qwen3_5MoeConfig(vision_config=vision, text_config=dict(text, **experts), **token_ids())
+    return Qwen3_5MoeForConditionalGeneration(config).eval()
 
 
 def image_only(processor_class):

@@ -1,4 +1,5 @@
-"""``apply_visionzip`` on tiny random Qwen2.5-VL and Qwen3-VL models, and parity with the published port.
+"""``apply_visionzip`` on tiny random Qwen2.5-VL, Qwen3-VL and Qwen3.5 (dense, MoE) models, and parity
+with the published port.
 
 Models, processors and images come from ``qwen_vl_models.py``; the budget is the published
 ``dominant=0.65, contextual=0.05`` unless a test says otherwise (6, 12, 16 merged tokens per image
@@ -33,7 +34,7 @@ from visionzip_kernels.integrations.budget import Budget
 from visionzip_kernels.integrations.qwen_vl import LastBlockAttention, zip_images
 from visionzip_kernels.integrations.qwen_vl_positions import kept_rope_index
 
-FAMILIES = ["qwen2_5_vl", "qwen3_vl"]
+FAMILIES = ["qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe"]
 GOLDEN = pathlib.Path(__file__).parent / "data" / "published_qwen25vl_visionzip.npz"
 GOLDEN_CASES = ["grid14x14", "grid20x28", "odd"]
 KEPT = {6: 4, 12: 8, 16: 11}  # merged tokens -> kept at 0.65 + 0.05

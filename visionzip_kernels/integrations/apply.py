@@ -1,5 +1,5 @@
 """``apply_visionzip``: one call puts VisionZip into a LLaVA, LLaVA-NeXT, LLaVA-OneVision,
-Qwen2.5-VL, Qwen3-VL, CLIP or SigLIP model.
+Qwen2.5-VL, Qwen3-VL, Qwen3.5, CLIP or SigLIP model.
 
 Everything is checked before anything is changed, and a failure part-way undoes what was done, so
 a call either applies VisionZip to the model and the processor or leaves both untouched.
@@ -32,6 +32,7 @@ from .processor import (
     patch_llava_processor,
 )
 from .qwen2_5_vl import QWEN2_5_VL
+from .qwen3_5 import QWEN3_5, QWEN3_5_MOE
 from .qwen3_vl import QWEN3_VL
 from .qwen_vl_model import apply_qwen_vl
 from .vision_model import patch_vision_model
@@ -40,9 +41,10 @@ SUPPORTED_MODELS = (
     "LlavaForConditionalGeneration, LlavaModel, LlavaNextForConditionalGeneration, LlavaNextModel, "
     "LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel, "
     "Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel, Qwen3VLForConditionalGeneration, "
-    "Qwen3VLModel, CLIPVisionModel, SiglipVisionModel"
+    "Qwen3VLModel, Qwen3_5ForConditionalGeneration, Qwen3_5Model, "
+    "Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeModel, CLIPVisionModel, SiglipVisionModel"
 )
-QWEN_FAMILIES = (QWEN2_5_VL, QWEN3_VL)
+QWEN_FAMILIES = (QWEN2_5_VL, QWEN3_VL, QWEN3_5, QWEN3_5_MOE)
 
 
 def _multimodal_parts(model):
@@ -94,7 +96,8 @@ def apply_visionzip(
         ``LlavaOnevisionForConditionalGeneration`` / ``LlavaOnevisionModel`` with a CLIP or SigLIP
         vision tower, or a bare ``CLIPVisionModel`` / ``SiglipVisionModel``. Changed in place, on
         this instance only. For Qwen-VL: a ``Qwen2_5_VLForConditionalGeneration`` /
-        ``Qwen2_5_VLModel`` or a ``Qwen3VLForConditionalGeneration`` / ``Qwen3VLModel`` with its
+        ``Qwen2_5_VLModel``, a ``Qwen3VLForConditionalGeneration`` / ``Qwen3VLModel`` or a Qwen3.5
+        ``Qwen3_5ForConditionalGeneration`` / ``Qwen3_5Model`` (MoE: ``Qwen3_5Moe...``) with its
         ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` (``qwen_vl_model.py``).
     processor: the model's ``LlavaProcessor`` / ``LlavaNextProcessor`` /
         ``LlavaOnevisionProcessor`` (or Qwen-VL processor), patched to write the reduced number of
