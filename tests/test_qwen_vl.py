@@ -17,6 +17,7 @@ import pytest
 import torch
 from transformers.vision_utils import get_vision_window_index
 
+from model_probes import instance_state, language_model_inputs
 from qwen_vl_models import (
     BATCHES,
     GENERATE,
@@ -133,26 +134,6 @@ def reference_positions(input_ids, attention_mask, grids, kept_idx):
             next_position += max(h, w)
             image += 1
     return positions
-
-
-def language_model_inputs(model, inputs) -> dict:
-    """The keyword arguments the language model receives in one forward pass of ``model``."""
-    captured = {}
-    hook = model.model.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: captured.update(kwargs), with_kwargs=True
-    )
-    with torch.no_grad():
-        captured["logits"] = model(**inputs).logits
-    hook.remove()
-    return captured
-
-
-def instance_state(model) -> dict:
-    """Every module's instance attributes, one level of containers (hooks, parameters) copied."""
-    return {
-        name: {key: dict(value) if isinstance(value, dict) else value for key, value in vars(module).items()}
-        for name, module in model.named_modules()
-    }
 
 
 # ----------------------------------------------------------------------------- golden parity

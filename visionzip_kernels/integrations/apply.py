@@ -1,5 +1,5 @@
 """``apply_visionzip``: one call puts VisionZip into a LLaVA, LLaVA-NeXT, LLaVA-OneVision,
-Qwen2.5-VL, Qwen3-VL, Qwen3.5, CLIP or SigLIP model.
+Qwen2.5-VL, Qwen3-VL, Qwen3.5, InternVL, CLIP or SigLIP model.
 
 Everything is checked before anything is changed, and a failure part-way undoes what was done, so
 a call either applies VisionZip to the model and the processor or leaves both untouched.
@@ -22,6 +22,7 @@ from .budget import make_budget
 from .encoder import VISION_MODELS
 from .graphs import checked_graph_cache_size
 from .handle import VisionZipHandle
+from .internvl_model import MODEL_CLASSES as INTERNVL_CLASSES, apply_internvl
 from .llava import patch_llava
 from .llava_next import patch_llava_next
 from .llava_onevision import patch_llava_onevision
@@ -42,7 +43,8 @@ SUPPORTED_MODELS = (
     "LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel, "
     "Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel, Qwen3VLForConditionalGeneration, "
     "Qwen3VLModel, Qwen3_5ForConditionalGeneration, Qwen3_5Model, "
-    "Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeModel, CLIPVisionModel, SiglipVisionModel"
+    "Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeModel, InternVLForConditionalGeneration, "
+    "InternVLModel, CLIPVisionModel, SiglipVisionModel"
 )
 QWEN_FAMILIES = (QWEN2_5_VL, QWEN3_VL, QWEN3_5, QWEN3_5_MOE)
 
@@ -98,7 +100,9 @@ def apply_visionzip(
         this instance only. For Qwen-VL: a ``Qwen2_5_VLForConditionalGeneration`` /
         ``Qwen2_5_VLModel``, a ``Qwen3VLForConditionalGeneration`` / ``Qwen3VLModel`` or a Qwen3.5
         ``Qwen3_5ForConditionalGeneration`` / ``Qwen3_5Model`` (MoE: ``Qwen3_5Moe...``) with its
-        ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` (``qwen_vl_model.py``).
+        ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` (``qwen_vl_model.py``). For InternVL: an
+        ``InternVLForConditionalGeneration`` / ``InternVLModel`` with its ``InternVLProcessor``,
+        every tile zipped on its own (``internvl_model.py``).
     processor: the model's ``LlavaProcessor`` / ``LlavaNextProcessor`` /
         ``LlavaOnevisionProcessor`` (or Qwen-VL processor), patched to write the reduced number of
         image (and video) placeholders (``None`` to leave processing alone, e.g. when the
@@ -108,9 +112,11 @@ def apply_visionzip(
         for LLaVA-OneVision) by attention, counting the CLS token where the encoder has one (CLIP);
         default 54, the paper's LLaVA-1.5 setting. For Qwen-VL an int (tokens per image) or a float
         (fraction of each image's merged tokens, ``int(f T)``); default 0.65, the published
-        Qwen2.5-VL setting.
+        Qwen2.5-VL setting. For InternVL the same, per tile of ``T`` (256) tokens: default 0.65,
+        166 tokens.
     contextual: merged tokens per image (per crop, per frame); default 10 (LLaVA-1.5). For Qwen-VL
-        an int or a float fraction (``max(int(f T), 1)``); default 0.05.
+        an int or a float fraction (``max(int(f T), 1)``); default 0.05. For InternVL per tile:
+        default 0.05, 12 tokens.
     backend: the ``zip_tokens`` backend (``"auto"`` picks the fastest for the tensors' device);
         ``zip_tokens_varlen``'s for Qwen-VL.
     cuda_graphs: LLaVA and LLaVA-NeXT only: run the vision path (pixels to projected features) as
@@ -135,6 +141,11 @@ def apply_visionzip(
         dominant = 0.65 if dominant is None else dominant
         contextual = 0.05 if contextual is None else contextual
         return apply_qwen_vl(model, processor, family, dominant, contextual, backend)
+    if isinstance(model, INTERNVL_CLASSES):
+        _refuse_graphs(graph_cache, model, "its images vary in tiles, so every call is a new shape")
+        dominant = 0.65 if dominant is None else dominant
+        contextual = 0.05 if contextual is None else contextual
+        return apply_internvl(model, processor, dominant, contextual, backend)
     dominant = 54 if dominant is None else dominant
     contextual = 10 if contextual is None else contextual
     parts = _multimodal_parts(model)

@@ -26,6 +26,19 @@ class InstancePatch:
             delattr(self.owner, self.name)
 
 
+@dataclass(frozen=True)
+class AttributeSnapshot:
+    """An instance attribute's value when VisionZip was applied, put back on removal (an attribute
+    that VisionZip or the model itself overwrites while VisionZip is applied)."""
+
+    owner: Any
+    name: str
+    value: Any
+
+    def restore(self) -> None:
+        setattr(self.owner, self.name, self.value)
+
+
 def bind_methods(owner: Any, functions: dict[str, Callable], owner_arg: str) -> list[InstancePatch]:
     """Set ``owner.<name>`` to each ``functions[name]`` bound to ``owner``; return the patches.
 

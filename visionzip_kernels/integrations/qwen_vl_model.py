@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 from .budget import Budget, make_fraction_budget
-from .handle import VisionZipHandle, bind_methods
+from .handle import AttributeSnapshot, VisionZipHandle, bind_methods
 from .processor import check_processor
 from .qwen_vl import capture_last_block, grid_sizes, zip_images
 from .qwen_vl_positions import kept_rope_index
@@ -217,22 +217,10 @@ def get_rope_index(inner, *args, state: QwenVisionZip, **kwargs):
     )
 
 
-@dataclass(frozen=True)
-class AttributeSnapshot:
-    """An attribute's value when VisionZip was applied, put back on removal: the model's cached
-    ``rope_deltas``, which ``generate`` overwrites with the reduced sequence's."""
-
-    owner: Any
-    name: str
-    value: Any
-
-    def restore(self) -> None:
-        setattr(self.owner, self.name, self.value)
-
-
 def patch_qwen_vl(inner, family: QwenFamily, budget: Budget) -> list:
     """Replace the three methods on the inner model instance; the patches undo it."""
     state = QwenVisionZip(inner, family, budget)
+    # the model's cached ``rope_deltas``, which ``generate`` overwrites with the reduced sequence's
     snapshot = AttributeSnapshot(inner, "rope_deltas", inner.rope_deltas)
     methods = {
         name: functools.partial(function, state=state)
