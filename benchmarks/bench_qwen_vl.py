@@ -143,6 +143,14 @@ class Batch:
     lm_tokens: int
 
 
+def left_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` ``[B, L]`` of token rows padded on the left with ``PAD``."""
+    length = max(len(row) for row in rows)
+    input_ids = torch.tensor([[PAD] * (length - len(row)) + row for row in rows])
+    attention_mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows])
+    return input_ids, attention_mask
+
+
 def make_batch(geometry: Geometry, prompts, budget: Budget | None, device, dtype, generator) -> Batch:
     """Random pixels and token ids: per prompt, text, then per image ``<vision_start>``, its
     placeholders (all its tokens, or ``budget.tokens_for`` them), ``<vision_end>``, then text;
@@ -163,9 +171,7 @@ def make_batch(geometry: Geometry, prompts, budget: Budget | None, device, dtype
             ids += [VISION_START] + [IMAGE_TOKEN] * count + [VISION_END]
         ids += torch.randint(0, 150000, (TEXT_AFTER,), generator=generator).tolist()
         rows.append(ids)
-    length = max(len(row) for row in rows)
-    input_ids = torch.tensor([[PAD] * (length - len(row)) + row for row in rows])
-    attention_mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows])
+    input_ids, attention_mask = left_padded(rows)
     inputs = {
         "input_ids": input_ids.to(device),
         "attention_mask": attention_mask.to(device),
@@ -236,13 +242,20 @@ def scenario_rows(model, geometry: Geometry, scenario: str, timer: Timer, device
                 handles.append(apply_visionzip(model_twin, dominant=dominant, contextual=contextual))
                 make_call = published_call if pipeline == PUBLISHED else ttft_call
                 pipelines.append((row, make_call(model_twin, batch.inputs)))
-        rows = [{**row, **memory_fields(timer, call)} if call else row for row, call in pipelines]
-        timed = [(row, call) for row, (_, call) in zip(rows, pipelines) if row["status"] == "ok"]
-        for (row, _), timing in zip(timed, timer.interleave([call for _, call in timed])):
-            row.update(timing_fields(timing))
+        return measured_rows(pipelines, timer)
     finally:
         for handle in handles:
             handle.remove()
+
+
+def measured_rows(pipelines: list[tuple[dict, object]], timer: Timer) -> list[dict]:
+    """Each ``(row, call)`` pipeline's row with its peak memory (one pipeline at a time), then its
+    timing, all calls timed interleaved (``Timer.interleave``), and its speedup over the first
+    (full tokens) row; a ``None`` call is a row left as it is (its ``status`` says why)."""
+    rows = [{**row, **memory_fields(timer, call)} if call else row for row, call in pipelines]
+    timed = [(row, call) for row, (_, call) in zip(rows, pipelines) if row["status"] == "ok"]
+    for (row, _), timing in zip(timed, timer.interleave([call for _, call in timed])):
+        row.update(timing_fields(timing))
     full = rows[0].get("median_ms")
     for row in rows:
         if full and row.get("median_ms"):
@@ -317,17 +330,22 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = time.perf_counter() - started
             print(f"[{elapsed:6.1f} s] {geometry.name} {scenario}", file=sys.stderr, flush=True)
             rows += [{**env, **row} for row in scenario_rows(model, geometry, scenario, timer, device, dtype)]
+    report(rows, args.results_dir / f"qwen_vl_{device_slug(device)}{'_tiny' if tiny else ''}.csv",
+           table(rows), None if tiny else criteria(rows))
+    return 0
+
+
+def report(rows: list[dict], path: Path, rendered_table: str, verdicts: list[str] | None) -> None:
+    """Write ``rows`` (the union of their fields) to ``path``, print the table, then the criteria's
+    lines (``None`` in tiny mode, which gives no verdict)."""
     fields = list(dict.fromkeys(key for row in rows for key in row))
-    suffix = "_tiny" if tiny else ""
-    path = write_rows(args.results_dir / f"qwen_vl_{device_slug(device)}{suffix}.csv",
-                      [{field: row.get(field, "") for field in fields} for row in rows])
+    write_rows(path, [{field: row.get(field, "") for field in fields} for row in rows])
     print(f"wrote {path}", file=sys.stderr)
-    print(table(rows))
-    if tiny:
+    print(rendered_table)
+    if verdicts is None:
         print("tiny mode: toy sizes on a CPU, no verdict; the criteria need the full-size run on a GPU")
     else:
-        print("\n".join(criteria(rows)))
-    return 0
+        print("\n".join(verdicts))
 
 
 if __name__ == "__main__":
