@@ -13,9 +13,11 @@ or ``with apply_visionzip(model, processor): ...``. Supported: ``LlavaForConditi
 ``LlavaNextForConditionalGeneration`` and ``LlavaOnevisionForConditionalGeneration`` (images and
 videos; and their inner ``LlavaModel`` / ``LlavaNextModel`` / ``LlavaOnevisionModel``) with a CLIP
 or SigLIP vision tower, with their ``LlavaProcessor`` / ``LlavaNextProcessor`` /
-``LlavaOnevisionProcessor``; ``Qwen2_5_VLForConditionalGeneration`` and
-``Qwen3VLForConditionalGeneration`` (and their inner models) with their processors, every image
-zipped on its own; and bare ``CLIPVisionModel`` / ``SiglipVisionModel``, whose ``forward`` then
+``LlavaOnevisionProcessor``; ``Qwen2_5_VLForConditionalGeneration``,
+``Qwen3VLForConditionalGeneration`` and Qwen3.5's ``Qwen3_5ForConditionalGeneration`` /
+``Qwen3_5MoeForConditionalGeneration`` (and their inner models) with their processors, every image
+zipped on its own; ``InternVLForConditionalGeneration`` (and ``InternVLModel``) with its
+``InternVLProcessor``, every tile zipped on its own; and bare ``CLIPVisionModel`` / ``SiglipVisionModel``, whose ``forward`` then
 returns the zipped tokens.
 
 The vision encoder keeps its attention implementation (SDPA by default) and stops after the layer
@@ -34,8 +36,11 @@ count) are replaced, on the given instances. Module by module:
 - ``processor.py``: the replaced processor methods;
 - ``qwen_vl.py`` (the encoder: last block's queries and keys, per-image zip),
   ``qwen_vl_positions.py`` (M-RoPE positions of kept tokens), ``qwen_vl_processor.py``,
-  ``qwen_vl_model.py`` (the replaced methods), ``qwen2_5_vl.py`` and ``qwen3_vl.py`` (what is
-  particular to each family): Qwen-VL;
+  ``qwen_vl_model.py`` (the replaced methods), ``qwen2_5_vl.py``, ``qwen3_vl.py`` and
+  ``qwen3_5.py`` (what is particular to each family): Qwen-VL;
+- ``internvl.py`` (the feature layer's CLS row, per-tile zip after the pixel shuffle),
+  ``internvl_model.py`` (the replaced method, the per-tile budget), ``internvl_processor.py``:
+  InternVL;
 - ``handle.py``: instance patches and ``VisionZipHandle``, which undoes them.
 """
 try:
