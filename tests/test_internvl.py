@@ -204,12 +204,16 @@ def test_processor_counts_match_the_features():
     assert counts.num_image_tokens == [5 * tiles for tiles in TILES]
 
 
-def test_budgets_per_tile():
+def test_budgets_per_tile_and_the_inner_model():
     model = make_model()
     assert apply_visionzip(model).budget.tokens == DEFAULT_KEPT
-    model = make_model()
-    handle = apply_visionzip(model, dominant=0.5, contextual=3)
+    inner, processor = make_model().model, make_processor()
+    handle = apply_visionzip(inner, processor, dominant=0.5, contextual=3)
     assert (handle.budget.dominant, handle.budget.contextual) == (8, 3)
+    inputs = make_inputs(processor, "1-image")
+    with torch.no_grad():
+        output = inner(**inputs)
+    assert output.image_outputs.pooler_output.shape[:2] == (TILES[0], 11)
 
 
 # ----------------------------------------------------------------------------- errors
