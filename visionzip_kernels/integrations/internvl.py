@@ -79,7 +79,9 @@ def block_mean(inner, per_patch: torch.Tensor) -> torch.Tensor:
     return pooled.view(batch, -1, channels)
 
 
-def zip_tiles(inner, features: torch.Tensor, query: torch.Tensor, key: torch.Tensor, attention, budget: Budget):
+def zip_tiles(
+    inner, features: torch.Tensor, query: torch.Tensor, key: torch.Tensor, attention, budget: Budget
+) -> tuple[torch.Tensor, torch.Tensor]:
     """VisionZip's tokens of ``B`` tiles: ``(tokens [B, K, D], dominant_idx [B, dominant])``.
 
     features: ``[B, T, D]`` the projector's output; query, key: ``[B, 1 + S*S, H * hd]`` the

@@ -17,13 +17,13 @@ import torch
 from transformers import InternVLForConditionalGeneration, InternVLModel, InternVLProcessor
 from transformers.models.internvl.modeling_internvl import InternVLVisionModelOutputWithPooling
 
+from ..ops.zip_tokens.op import BACKENDS
 from .budget import Budget, check_backend, make_fraction_budget
 from .encoder import layer_number
 from .handle import VisionZipHandle, bind_methods
 from .internvl import capture_queries_keys, feature_layer_attention, tile_tokens, zip_tiles
 from .internvl_processor import patch_internvl_processor
 from .processor import check_processor
-from ..ops.zip_tokens.op import BACKENDS
 
 MODEL_CLASSES = (InternVLForConditionalGeneration, InternVLModel)
 CALLER = "VisionZip get_image_features (InternVL)"
