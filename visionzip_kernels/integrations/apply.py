@@ -20,6 +20,7 @@ from transformers import (
 
 from .budget import make_budget
 from .encoder import VISION_MODELS
+from .gemma3 import MODEL_CLASSES as GEMMA3_MODELS, apply_gemma3
 from .graphs import checked_graph_cache_size
 from .handle import VisionZipHandle
 from .llava import patch_llava
@@ -40,9 +41,10 @@ SUPPORTED_MODELS = (
     "LlavaForConditionalGeneration, LlavaModel, LlavaNextForConditionalGeneration, LlavaNextModel, "
     "LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel, "
     "Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel, Qwen3VLForConditionalGeneration, "
-    "Qwen3VLModel, CLIPVisionModel, SiglipVisionModel"
+    "Qwen3VLModel, Gemma3ForConditionalGeneration, Gemma3Model, CLIPVisionModel, SiglipVisionModel"
 )
 QWEN_FAMILIES = (QWEN2_5_VL, QWEN3_VL)
+GEMMA_FAMILIES = ((GEMMA3_MODELS, apply_gemma3),)  # (model classes, apply function)
 
 
 def _multimodal_parts(model):
@@ -126,6 +128,10 @@ def apply_visionzip(
     is already applied to.
     """
     graph_cache = checked_graph_cache_size(cuda_graphs, graph_cache_size)  # None: no CUDA graphs
+    for model_classes, apply_family in GEMMA_FAMILIES:
+        if isinstance(model, model_classes):
+            _refuse_graphs(graph_cache, model, "its vision path is the model's own method, hooked")
+            return apply_family(model, processor, dominant, contextual, backend)
     family = next((f for f in QWEN_FAMILIES if isinstance(model, f.model_classes)), None)
     if family is not None:
         _refuse_graphs(graph_cache, model, "its images vary in size, so every call is a new shape")

@@ -52,6 +52,23 @@ def bind_methods(owner: Any, functions: dict[str, Callable], owner_arg: str) -> 
     return patches
 
 
+def patch_model_and_processor(
+    model, processor, budget, patch_model: Callable[[], list], patch_processor: Callable[[], list]
+) -> VisionZipHandle:
+    """Run ``patch_model()``, then ``patch_processor()`` unless ``processor`` is ``None``, and return
+    the handle of all their patches. If the processor's patching fails, the model's patches are
+    undone before the error propagates: both objects are patched, or neither."""
+    patches = patch_model()
+    if processor is not None:
+        try:
+            patches += patch_processor()
+        except Exception:
+            for patch in reversed(patches):
+                patch.restore()
+            raise
+    return VisionZipHandle(model, processor, budget, patches)
+
+
 class VisionZipHandle:
     """What ``apply_visionzip`` changed, and how to undo it.
 
