@@ -13,6 +13,12 @@ import copy
 import pytest
 import torch
 
+from gemma_checks import (
+    GENERATE,
+    check_remove_restores_exactly,
+    check_second_turn_continues_the_cache,
+    language_model_image_rows,
+)
 from visionzip_kernels import zip_tokens
 from visionzip_kernels.integrations import apply_visionzip
 from visionzip_kernels.testing.gemma import (
@@ -25,7 +31,6 @@ from visionzip_kernels.testing.onevision import make_images
 
 DOMINANT, CONTEXTUAL = 5, 3
 TOKENS = DOMINANT + CONTEXTUAL
-GENERATE = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=0)
 PAN_AND_SCAN = dict(do_pan_and_scan=True, pan_and_scan_min_crop_size=8)
 IMAGE = "<start_of_image>"
 # name -> (prompts, image sizes per prompt, images (and crops) per prompt with pan-and-scan)
@@ -81,18 +86,6 @@ def eager_visionzip(model, pixel_values: torch.Tensor):
     return zip_tokens(features, importance, DOMINANT, CONTEXTUAL, blocks(head_keys), False, backend="reference")
 
 
-def language_model_image_rows(model, inputs) -> torch.Tensor:
-    """The language model's input embeddings at the soft image tokens, in sequence order."""
-    captured = {}
-    hook = model.model.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: captured.update(embeds=kwargs["inputs_embeds"]), with_kwargs=True
-    )
-    with torch.no_grad():
-        model(**inputs)
-    hook.remove()
-    return captured["embeds"][inputs["input_ids"] == SOFT_ID]
-
-
 @pytest.mark.parametrize("pan_and_scan", [False, True])
 @pytest.mark.parametrize("batch", sorted(BATCHES))
 def test_generate_writes_and_fills_the_reduced_placeholders(batch, pan_and_scan):
@@ -114,7 +107,7 @@ def test_features_equal_the_ops_applied_to_an_eager_run(batch, pan_and_scan):
     model, processor = gemma3_model(), gemma3_processor()
     apply_visionzip(model, processor, dominant=DOMINANT, contextual=CONTEXTUAL)
     inputs = make_inputs(processor, batch, pan_and_scan)
-    received = language_model_image_rows(model, inputs)
+    received = language_model_image_rows(model, inputs, SOFT_ID)
     expected_tokens, expected_idx = eager_visionzip(model, inputs["pixel_values"])
     torch.testing.assert_close(received, expected_tokens.flatten(0, 1), atol=1e-5, rtol=1e-5)
     with torch.no_grad():
@@ -139,50 +132,12 @@ def test_second_turn_continues_the_cache_without_pixels():
     model, processor = gemma3_model(), gemma3_processor()
     apply_visionzip(model, processor, dominant=DOMINANT, contextual=CONTEXTUAL)
     inputs = make_inputs(processor, "2-images")
-    first = model.generate(**inputs, **GENERATE, return_dict_in_generate=True)
-    follow_up = processor.tokenizer(["user more please ? model"] * 2, add_special_tokens=False, return_tensors="pt")
-    input_ids = torch.cat([first.sequences, follow_up["input_ids"]], dim=1)
-    added = input_ids.shape[1] - inputs["input_ids"].shape[1]
-    attention_mask = torch.cat([inputs["attention_mask"], torch.ones(2, added, dtype=torch.long)], dim=1)
-    token_type_ids = torch.cat([inputs["token_type_ids"], torch.zeros(2, added, dtype=torch.long)], dim=1)
-    tower_runs = []
-    hook = model.model.vision_tower.register_forward_hook(lambda *args: tower_runs.append(1))
-    cached = model.generate(
-        input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-        cache=first.cache, **GENERATE, return_dict_in_generate=True, output_logits=True,
-    )
-    hook.remove()
-    assert not tower_runs, "the second turn must not run the vision tower"
-    fresh = model.generate(
-        input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-        pixel_values=inputs["pixel_values"], **GENERATE, return_dict_in_generate=True, output_logits=True,
-    )
-    torch.testing.assert_close(cached.logits[0], fresh.logits[0], atol=1e-4, rtol=1e-4)
-    assert torch.equal(cached.sequences, fresh.sequences)
+    check_second_turn_continues_the_cache(model, processor, inputs, "token_type_ids", ("pixel_values",))
 
 
 def test_remove_restores_model_and_processor_exactly():
-    model, processor = gemma3_model(), gemma3_processor()
-    inputs_before = make_inputs(processor, "3-images", pan_and_scan=True)
-    with torch.no_grad():
-        logits_before = model(**inputs_before).logits
-    served_before = processor._get_num_multimodal_tokens(image_sizes=[(40, 100)])
-    attributes = (dict(vars(model)), dict(vars(model.model)), dict(vars(processor)))
-
-    handle = apply_visionzip(model, processor, dominant=DOMINANT, contextual=CONTEXTUAL)
-    model.generate(**make_inputs(processor, "3-images", pan_and_scan=True), **GENERATE)
-    handle.remove()
-    handle.remove()
-
-    assert not handle.active
-    assert (dict(vars(model)), dict(vars(model.model)), dict(vars(processor))) == attributes
-    inputs_after = make_inputs(processor, "3-images", pan_and_scan=True)
-    assert inputs_after.keys() == inputs_before.keys()
-    for key in inputs_before:
-        assert torch.equal(inputs_after[key], inputs_before[key]), key
-    with torch.no_grad():
-        assert torch.equal(model(**inputs_after).logits, logits_before)
-    assert processor._get_num_multimodal_tokens(image_sizes=[(40, 100)]) == served_before
+    budget = dict(dominant=DOMINANT, contextual=CONTEXTUAL)
+    check_remove_restores_exactly(gemma3_model(), gemma3_processor(), lambda p: make_inputs(p, "3-images", pan_and_scan=True), budget, [(40, 100)])
 
 
 def test_the_default_budget_is_108_plus_20_soft_tokens():

@@ -21,6 +21,7 @@ from transformers import (
 from .budget import make_budget
 from .encoder import VISION_MODELS
 from .gemma3 import MODEL_CLASSES as GEMMA3_MODELS, apply_gemma3
+from .gemma4 import MODEL_CLASSES as GEMMA4_MODELS, apply_gemma4
 from .graphs import checked_graph_cache_size
 from .handle import VisionZipHandle
 from .llava import patch_llava
@@ -41,10 +42,11 @@ SUPPORTED_MODELS = (
     "LlavaForConditionalGeneration, LlavaModel, LlavaNextForConditionalGeneration, LlavaNextModel, "
     "LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel, "
     "Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel, Qwen3VLForConditionalGeneration, "
-    "Qwen3VLModel, Gemma3ForConditionalGeneration, Gemma3Model, CLIPVisionModel, SiglipVisionModel"
+    "Qwen3VLModel, Gemma3ForConditionalGeneration, Gemma3Model, Gemma4ForConditionalGeneration, "
+    "Gemma4Model, CLIPVisionModel, SiglipVisionModel"
 )
 QWEN_FAMILIES = (QWEN2_5_VL, QWEN3_VL)
-GEMMA_FAMILIES = ((GEMMA3_MODELS, apply_gemma3),)  # (model classes, apply function)
+GEMMA_FAMILIES = ((GEMMA3_MODELS, apply_gemma3), (GEMMA4_MODELS, apply_gemma4))  # (model classes, apply function)
 
 
 def _multimodal_parts(model):

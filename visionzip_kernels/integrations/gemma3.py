@@ -41,7 +41,7 @@ from .budget import Budget, count_budget
 from .capture import captured_calls
 from .encoder import vision_transformer
 from .gemma3_processor import check_gemma3_processor, patch_gemma3_processor
-from .handle import VisionZipHandle, bind_methods, patch_model_and_processor
+from .handle import VisionZipHandle, patch_model_and_processor
 from .vision_model import VisionZipOutput
 
 MODEL_CLASSES = (Gemma3ForConditionalGeneration, Gemma3Model)
@@ -123,10 +123,6 @@ def apply_gemma3(model, processor, dominant, contextual, backend: str) -> Vision
         check_gemma3_processor(processor, model, config)
     methods = {"get_image_features": functools.partial(get_image_features, budget=budget)}
     return patch_model_and_processor(
-        model,
-        processor,
-        budget,
-        lambda: bind_methods(inner, methods, owner_arg="model"),
-        lambda: patch_gemma3_processor(processor, budget),
+        model, inner, methods, processor, lambda: patch_gemma3_processor(processor, budget), budget
     )
 

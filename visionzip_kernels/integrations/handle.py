@@ -53,12 +53,13 @@ def bind_methods(owner: Any, functions: dict[str, Callable], owner_arg: str) -> 
 
 
 def patch_model_and_processor(
-    model, processor, budget, patch_model: Callable[[], list], patch_processor: Callable[[], list]
+    model, inner, methods: dict[str, Callable], processor, patch_processor: Callable[[], list], budget
 ) -> VisionZipHandle:
-    """Run ``patch_model()``, then ``patch_processor()`` unless ``processor`` is ``None``, and return
-    the handle of all their patches. If the processor's patching fails, the model's patches are
-    undone before the error propagates: both objects are patched, or neither."""
-    patches = patch_model()
+    """Bind ``methods`` on ``inner`` (``bind_methods``), then run ``patch_processor()`` unless
+    ``processor`` is ``None``, and return the handle of all their patches. If the processor's
+    patching fails, the model's patches are undone before the error propagates: both objects are
+    patched, or neither."""
+    patches = bind_methods(inner, methods, owner_arg="model")
     if processor is not None:
         try:
             patches += patch_processor()
