@@ -15,7 +15,8 @@ videos; and their inner ``LlavaModel`` / ``LlavaNextModel`` / ``LlavaOnevisionMo
 or SigLIP vision tower, with their ``LlavaProcessor`` / ``LlavaNextProcessor`` /
 ``LlavaOnevisionProcessor``; ``Qwen2_5_VLForConditionalGeneration`` and
 ``Qwen3VLForConditionalGeneration`` (and their inner models) with their processors, every image
-zipped on its own; and bare ``CLIPVisionModel`` / ``SiglipVisionModel``, whose ``forward`` then
+zipped on its own; ``Gemma3ForConditionalGeneration`` and ``Gemma4ForConditionalGeneration`` (and
+their inner models) with their processors, each image's soft tokens zipped; and bare ``CLIPVisionModel`` / ``SiglipVisionModel``, whose ``forward`` then
 returns the zipped tokens.
 
 The vision encoder keeps its attention implementation (SDPA by default) and stops after the layer
@@ -36,6 +37,9 @@ count) are replaced, on the given instances. Module by module:
   ``qwen_vl_positions.py`` (M-RoPE positions of kept tokens), ``qwen_vl_processor.py``,
   ``qwen_vl_model.py`` (the replaced methods), ``qwen2_5_vl.py`` and ``qwen3_vl.py`` (what is
   particular to each family): Qwen-VL;
+- ``gemma3.py``, ``gemma3_processor.py``, ``gemma4.py``, ``gemma4_processor.py``: Gemma 3 and
+  Gemma 4 (the replaced ``get_image_features`` and processor methods), ``capture.py`` (the hooks
+  that read the last encoder layer's queries and keys);
 - ``handle.py``: instance patches and ``VisionZipHandle``, which undoes them.
 """
 try:

@@ -1,5 +1,5 @@
 """``apply_visionzip``: one call puts VisionZip into a LLaVA, LLaVA-NeXT, LLaVA-OneVision,
-Qwen2.5-VL, Qwen3-VL, CLIP or SigLIP model.
+Qwen2.5-VL, Qwen3-VL, Gemma 3, Gemma 4, CLIP or SigLIP model.
 
 Everything is checked before anything is changed, and a failure part-way undoes what was done, so
 a call either applies VisionZip to the model and the processor or leaves both untouched.
@@ -99,7 +99,9 @@ def apply_visionzip(
         vision tower, or a bare ``CLIPVisionModel`` / ``SiglipVisionModel``. Changed in place, on
         this instance only. For Qwen-VL: a ``Qwen2_5_VLForConditionalGeneration`` /
         ``Qwen2_5_VLModel`` or a ``Qwen3VLForConditionalGeneration`` / ``Qwen3VLModel`` with its
-        ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` (``qwen_vl_model.py``).
+        ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` (``qwen_vl_model.py``). For Gemma: a
+        ``Gemma3ForConditionalGeneration`` / ``Gemma3Model`` (``gemma3.py``) or a
+        ``Gemma4ForConditionalGeneration`` / ``Gemma4Model`` (``gemma4.py``) with its processor.
     processor: the model's ``LlavaProcessor`` / ``LlavaNextProcessor`` /
         ``LlavaOnevisionProcessor`` (or Qwen-VL processor), patched to write the reduced number of
         image (and video) placeholders (``None`` to leave processing alone, e.g. when the
@@ -109,11 +111,13 @@ def apply_visionzip(
         for LLaVA-OneVision) by attention, counting the CLS token where the encoder has one (CLIP);
         default 54, the paper's LLaVA-1.5 setting. For Qwen-VL an int (tokens per image) or a float
         (fraction of each image's merged tokens, ``int(f T)``); default 0.65, the published
-        Qwen2.5-VL setting.
+        Qwen2.5-VL setting. Gemma 3: soft tokens per image (and crop), default 108; Gemma 4: as
+        for Qwen-VL, default 0.42.
     contextual: merged tokens per image (per crop, per frame); default 10 (LLaVA-1.5). For Qwen-VL
-        an int or a float fraction (``max(int(f T), 1)``); default 0.05.
+        an int or a float fraction (``max(int(f T), 1)``); default 0.05. Gemma 3: default 20;
+        Gemma 4: default 0.08.
     backend: the ``zip_tokens`` backend (``"auto"`` picks the fastest for the tensors' device);
-        ``zip_tokens_varlen``'s for Qwen-VL.
+        ``zip_tokens_varlen``'s for Qwen-VL and Gemma 4.
     cuda_graphs: LLaVA and LLaVA-NeXT only: run the vision path (pixels to projected features) as
         CUDA graph replays, one graph captured per input signature (``graphs.py``); calls no graph
         can serve run eagerly, with one warning saying why.

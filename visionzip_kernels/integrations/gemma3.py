@@ -19,7 +19,8 @@ Where VisionZip applies: on the **256 soft tokens**, per image and per crop.
   averages them over heads).
 - ``zip_tokens`` runs on the features the language model receives (after the projector, whose
   normalisation and linear map act on each token alone): a dominant token is exactly the stock
-  model's token, a contextual token the mean of the stock tokens it merges.
+  model's token, a contextual token its target's stock token plus the mean of those merged into it
+  (``docs/CONTRACT.md``).
 
 The one method replaced is ``get_image_features`` of the inner ``Gemma3Model`` instance: the
 model's own method runs (SDPA in every encoder layer, the projector), two forward hooks read the
