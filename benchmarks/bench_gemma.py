@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         model = geometry.build()
         with torch.inference_mode():
             for scenario in [s for s in geometry.scenarios if wanted is None or s in wanted]:
-                print(f"[{time.perf_counter() - started:6.1f} s] {geometry.name} {scenario}", file=sys.stderr, flush=True)
+                elapsed = time.perf_counter() - started
+                print(f"[{elapsed:6.1f} s] {geometry.name} {scenario}", file=sys.stderr, flush=True)
                 rows += [{**env, **row} for row in scenario_rows(model, geometry, scenario, timer, device, dtype)]
         del model
     suffix = "_tiny" if tiny_mode else ""

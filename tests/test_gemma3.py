@@ -9,6 +9,7 @@ attention map, 2 x 2 block means, and the reference ``zip_tokens`` on the stock 
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -108,6 +109,7 @@ def test_features_equal_the_ops_applied_to_an_eager_run(batch, pan_and_scan):
     apply_visionzip(model, processor, dominant=DOMINANT, contextual=CONTEXTUAL)
     inputs = make_inputs(processor, batch, pan_and_scan)
     received = language_model_image_rows(model, inputs, SOFT_ID)
+    assert model.model.vision_tower.config._attn_implementation == "sdpa", "the tower keeps SDPA"
     expected_tokens, expected_idx = eager_visionzip(model, inputs["pixel_values"])
     torch.testing.assert_close(received, expected_tokens.flatten(0, 1), atol=1e-5, rtol=1e-5)
     with torch.no_grad():
@@ -137,7 +139,8 @@ def test_second_turn_continues_the_cache_without_pixels():
 
 def test_remove_restores_model_and_processor_exactly():
     budget = dict(dominant=DOMINANT, contextual=CONTEXTUAL)
-    check_remove_restores_exactly(gemma3_model(), gemma3_processor(), lambda p: make_inputs(p, "3-images", pan_and_scan=True), budget, [(40, 100)])
+    inputs = functools.partial(make_inputs, batch="3-images", pan_and_scan=True)
+    check_remove_restores_exactly(gemma3_model(), gemma3_processor(), inputs, budget, [(40, 100)])
 
 
 def test_the_default_budget_is_108_plus_20_soft_tokens():

@@ -11,6 +11,7 @@ and the reference ``zip_tokens_varlen`` on the stock features.
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -123,6 +124,7 @@ def test_features_equal_the_ops_applied_to_an_eager_run(batch, budget):
     apply_visionzip(model, processor, dominant=budget[0], contextual=budget[1])
     inputs = make_inputs(processor, batch)
     received = language_model_image_rows(model, inputs, IMAGE_ID)
+    assert model.model.vision_tower.config._attn_implementation == "sdpa", "the tower keeps SDPA"
     pixels, positions = inputs["pixel_values"], inputs["image_position_ids"]
     expected_tokens, expected_idx = eager_visionzip(model, pixels, positions, *budget)
     assert received.abs().sum(dim=-1).min() > 0, "every token must carry a signal the test can compare"
@@ -149,12 +151,14 @@ def test_second_turn_continues_the_cache_without_pixels():
     model, processor = gemma4_model(), gemma4_processor()
     apply_visionzip(model, processor, dominant=DOMINANT, contextual=CONTEXTUAL)
     inputs = make_inputs(processor, "2-images")
-    check_second_turn_continues_the_cache(model, processor, inputs, "mm_token_type_ids", ("pixel_values", "image_position_ids"))
+    image_inputs = ("pixel_values", "image_position_ids")
+    check_second_turn_continues_the_cache(model, processor, inputs, "mm_token_type_ids", image_inputs)
 
 
 def test_remove_restores_model_and_processor_exactly():
     budget = dict(dominant=DOMINANT, contextual=CONTEXTUAL)
-    check_remove_restores_exactly(gemma4_model(), gemma4_processor(), lambda p: make_inputs(p, "3-images"), budget, [(40, 100)])
+    inputs = functools.partial(make_inputs, batch="3-images")
+    check_remove_restores_exactly(gemma4_model(), gemma4_processor(), inputs, budget, [(40, 100)])
 
 
 def test_the_default_budget_keeps_0_42_plus_0_08_of_each_image():
@@ -178,8 +182,8 @@ def test_budgets_that_cannot_be_met_are_refused():
 
 def test_misuse_is_refused_and_nothing_is_changed():
     model, processor = gemma4_model(), gemma4_processor()
-    processor.video_token_id = IMAGE_ID
-    with pytest.raises(ValueError, match="video token id"):
+    processor.image_token_id = IMAGE_ID - 1
+    with pytest.raises(ValueError, match="image token id"):
         apply_visionzip(model, processor)
     assert "get_image_features" not in vars(model.model)
     with pytest.raises(TypeError, match="must be a Gemma4Processor"):

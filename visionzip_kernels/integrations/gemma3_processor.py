@@ -13,6 +13,7 @@ holds, one per image); the soft token the model fills with features is the token
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from transformers import Gemma3Processor
@@ -36,7 +37,7 @@ def get_num_multimodal_tokens(processor, image_sizes=None, *, budget: Budget, **
     counts = type(processor)._get_num_multimodal_tokens(processor, image_sizes, **kwargs)
     if image_sizes is None:
         return counts
-    return MultiModalData(num_image_tokens=[budget.tokens] * len(image_sizes), num_image_patches=counts.num_image_patches)
+    return dataclasses.replace(counts, num_image_tokens=[budget.tokens] * len(image_sizes))
 
 
 def check_gemma3_processor(processor, model, config) -> None:

@@ -16,7 +16,6 @@ from transformers.processing_utils import MultiModalData
 
 from .budget import Budget
 from .handle import InstancePatch, bind_methods
-from .processor import check_processor
 
 
 def replace_image_token(processor, image_inputs: dict, image_idx: int, *, budget: Budget, **kwargs) -> str:
@@ -37,10 +36,20 @@ def get_num_multimodal_tokens(
 
 
 def check_gemma4_processor(processor, model, config, budget: Budget) -> None:
-    """Raise unless ``processor`` is a ``Gemma4Processor`` writing the model's image and video
-    tokens (``TypeError``/``ValueError``), and ``ValueError`` for a budget not even the largest
-    image (``max_soft_tokens`` of its image processor) can keep."""
-    check_processor(processor, Gemma4Processor, model, config)
+    """Raise ``TypeError`` unless ``processor`` is a ``Gemma4Processor``, ``ValueError`` unless it
+    writes the model's soft image token, or for a budget not even the largest image
+    (``max_soft_tokens`` of its image processor) can keep. Video tokens are not checked: VisionZip
+    leaves videos as they are."""
+    if not isinstance(processor, Gemma4Processor):
+        raise TypeError(
+            f"apply_visionzip: `processor` must be a Gemma4Processor for {type(model).__name__}, "
+            f"got {type(processor).__name__}"
+        )
+    if processor.image_token_id != config.image_token_id:
+        raise ValueError(
+            f"apply_visionzip: `processor` writes image token id {processor.image_token_id} but the "
+            f"model's config.image_token_id is {config.image_token_id}; use the processor saved with the model"
+        )
     budget.counts(processor.image_processor.max_soft_tokens)
 
 
