@@ -75,3 +75,28 @@ def check_remove_restores_exactly(model, processor, make_inputs, budget: dict, i
     with torch.no_grad():
         assert torch.equal(model(**inputs_after).logits, logits_before)
     assert processor._get_num_multimodal_tokens(image_sizes=image_sizes) == served_before
+
+
+def check_cuda_run_keeps_the_cpu_tokens(make_model, make_processor, make_inputs, budget: dict, image_inputs, kept):
+    """On a GPU (``"auto"``: the Triton or CUDA backends) a model under VisionZip keeps the tokens a
+    CPU run of the same weights keeps; features and the first logits agree within float32 rounding
+    of the two devices' matmuls (the caller turns TF32 off).
+
+    make_model, make_processor: builders; make_inputs: ``processor -> inputs``; budget:
+    ``apply_visionzip``'s ``dominant``/``contextual``; image_inputs: the names of
+    ``get_image_features``'s inputs, in order; kept: its output -> the kept indices as lists.
+    """
+    outputs = []
+    for device in ("cpu", "cuda"):
+        model, processor = make_model().to(device), make_processor()
+        apply_visionzip(model, processor, **budget)
+        inputs = {name: value.to(device) for name, value in make_inputs(processor).items()}
+        with torch.no_grad():
+            features = model.model.get_image_features(*(inputs[name] for name in image_inputs))
+        generated = model.generate(**inputs, **GENERATE, return_dict_in_generate=True, output_logits=True)
+        outputs.append((kept(features), [rows.cpu() for rows in features.pooler_output], generated.logits[0].cpu()))
+    (cpu_kept, cpu_features, cpu_logits), (gpu_kept, gpu_features, gpu_logits) = outputs
+    assert gpu_kept == cpu_kept
+    for gpu_rows, cpu_rows in zip(gpu_features, cpu_features):
+        torch.testing.assert_close(gpu_rows, cpu_rows, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gpu_logits, cpu_logits, atol=1e-4, rtol=1e-4)

@@ -16,6 +16,7 @@ import torch
 
 from gemma_checks import (
     GENERATE,
+    check_cuda_run_keeps_the_cpu_tokens,
     check_remove_restores_exactly,
     check_second_turn_continues_the_cache,
     language_model_image_rows,
@@ -136,6 +137,20 @@ def test_second_turn_continues_the_cache_without_pixels():
     inputs = make_inputs(processor, "2-images")
     check_second_turn_continues_the_cache(model, processor, inputs, "token_type_ids", ("pixel_values",))
 
+
+
+@pytest.mark.cuda
+def test_cuda_run_keeps_the_cpu_tokens(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    check_cuda_run_keeps_the_cpu_tokens(
+        gemma3_model,
+        gemma3_processor,
+        functools.partial(make_inputs, batch="3-images", pan_and_scan=True),
+        dict(dominant=DOMINANT, contextual=CONTEXTUAL),
+        ("pixel_values",),
+        lambda output: output.dominant_idx.tolist(),
+    )
 
 def test_remove_restores_model_and_processor_exactly():
     budget = dict(dominant=DOMINANT, contextual=CONTEXTUAL)

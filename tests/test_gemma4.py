@@ -18,6 +18,7 @@ import torch
 
 from gemma_checks import (
     GENERATE,
+    check_cuda_run_keeps_the_cpu_tokens,
     check_remove_restores_exactly,
     check_second_turn_continues_the_cache,
     language_model_image_rows,
@@ -154,6 +155,20 @@ def test_second_turn_continues_the_cache_without_pixels():
     image_inputs = ("pixel_values", "image_position_ids")
     check_second_turn_continues_the_cache(model, processor, inputs, "mm_token_type_ids", image_inputs)
 
+
+
+@pytest.mark.cuda
+def test_cuda_run_keeps_the_cpu_tokens(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    check_cuda_run_keeps_the_cpu_tokens(
+        gemma4_model,
+        gemma4_processor,
+        functools.partial(make_inputs, batch="3-images"),
+        dict(dominant=DOMINANT, contextual=CONTEXTUAL),
+        ("pixel_values", "image_position_ids"),
+        lambda output: [idx.tolist() for idx in output.kept_idx],
+    )
 
 def test_remove_restores_model_and_processor_exactly():
     budget = dict(dominant=DOMINANT, contextual=CONTEXTUAL)
