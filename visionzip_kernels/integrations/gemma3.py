@@ -31,9 +31,11 @@ positions of their own to keep: the dominant tokens come in raster order, then t
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 from transformers import Gemma3ForConditionalGeneration, Gemma3Model
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..ops.attention_importance import attention_importance
 from ..ops.attention_importance.op import BACKENDS as IMPORTANCE_BACKENDS
@@ -43,12 +45,21 @@ from .capture import captured_calls
 from .encoder import vision_transformer
 from .gemma3_processor import check_gemma3_processor, patch_gemma3_processor
 from .handle import VisionZipHandle, patch_model_and_processor
-from .vision_model import VisionZipOutput
 
 MODEL_CLASSES = (Gemma3ForConditionalGeneration, Gemma3Model)
 # The budget when none is given: 128 of the 256 tokens, split 108 + 20 as the paper's 128-token
 # LLaVA-1.5 setting; the soft tokens already pool 16 patches each, so half is kept by default.
 DEFAULT_DOMINANT, DEFAULT_CONTEXTUAL = 108, 20
+
+
+@dataclass
+class Gemma3ZipOutput(BaseModelOutputWithPooling):
+    """The model's image output with VisionZip: ``pooler_output`` ``[n, dominant + contextual,
+    D_text]`` each image's kept soft tokens, the dominant ones in ascending raster order, then the
+    contextual ones; ``dominant_idx`` ``[n, dominant]`` int64 the dominant tokens' indices among
+    the image's soft tokens; ``last_hidden_state`` the tower's output, every patch."""
+
+    dominant_idx: torch.LongTensor | None = None
 
 
 def pool_patch_grid(values: torch.Tensor, side: int, kernel: int) -> torch.Tensor:
@@ -77,13 +88,7 @@ def soft_token_statistic(model, query: torch.Tensor, key: torch.Tensor, scale: f
 
 def get_image_features(model, pixel_values: torch.Tensor, *, budget: Budget, **kwargs):
     """The replacement ``Gemma3Model.get_image_features``: ``[n, 3, S, S]`` pixels (images and
-    pan-and-scan crops) -> a ``VisionZipOutput``.
-
-    ``pooler_output`` ``[n, dominant + contextual, D_text]``: each image's kept soft tokens, the
-    dominant ones in ascending raster order, then the contextual ones; ``dominant_idx``
-    ``[n, dominant]`` their indices among the 256; ``last_hidden_state`` the tower's output, every
-    patch. ``return_dict=False`` returns the output's tuple.
-    """
+    pan-and-scan crops) -> a ``Gemma3ZipOutput``. ``return_dict=False`` returns its tuple."""
     return_dict = kwargs.pop("return_dict", None)
     attention = vision_transformer(model.vision_tower).encoder.layers[-1].self_attn
     projections = {"query": attention.q_proj, "key": attention.k_proj}
@@ -96,7 +101,7 @@ def get_image_features(model, pixel_values: torch.Tensor, *, budget: Budget, **k
         output.pooler_output, importance, budget.dominant, budget.contextual, keys, False,
         backend=budget.backend,
     )
-    zipped = VisionZipOutput(
+    zipped = Gemma3ZipOutput(
         last_hidden_state=output.last_hidden_state, pooler_output=tokens, dominant_idx=dominant_idx
     )
     return zipped.to_tuple() if return_dict is False else zipped
@@ -109,6 +114,7 @@ def apply_gemma3(model, processor, dominant, contextual, backend: str) -> Vision
     dominant, contextual: soft tokens kept per image (and per crop), ints; default 108 + 20.
     """
     inner = model.model if isinstance(model, Gemma3ForConditionalGeneration) else model
+    vision_transformer(inner.vision_tower)  # a TypeError unless a SigLIP tower, as Gemma 3's are
     dominant = DEFAULT_DOMINANT if dominant is None else dominant
     contextual = DEFAULT_CONTEXTUAL if contextual is None else contextual
     config = inner.config
