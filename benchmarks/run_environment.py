@@ -6,6 +6,7 @@ import datetime
 import platform
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -82,3 +83,16 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def write_and_report(path: Path, rows: list[dict], table: str, verdicts: list[str], tiny: bool) -> None:
+    """Write ``rows`` to ``path`` (their fields in first-seen order, blanks where a row lacks one),
+    then print the table last, and the verdict lines unless this was a ``tiny`` run."""
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    written = write_rows(path, [{field: row.get(field, "") for field in fields} for row in rows])
+    print(f"wrote {written}", file=sys.stderr)
+    print(table)
+    if tiny:
+        print("tiny mode: toy sizes on a CPU, no verdict; the criteria need the full-size run on a GPU")
+    else:
+        print("\n".join(verdicts))

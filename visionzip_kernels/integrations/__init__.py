@@ -17,7 +17,9 @@ or SigLIP vision tower, with their ``LlavaProcessor`` / ``LlavaNextProcessor`` /
 ``Qwen3VLForConditionalGeneration`` and Qwen3.5's ``Qwen3_5ForConditionalGeneration`` /
 ``Qwen3_5MoeForConditionalGeneration`` (and their inner models) with their processors, every image
 zipped on its own; ``InternVLForConditionalGeneration`` (and ``InternVLModel``) with its
-``InternVLProcessor``, every tile zipped on its own; and bare ``CLIPVisionModel`` / ``SiglipVisionModel``, whose ``forward`` then
+``InternVLProcessor``, every tile zipped on its own; ``Gemma3ForConditionalGeneration`` and
+``Gemma4ForConditionalGeneration`` (and their inner models) with their processors, each image's
+soft tokens zipped; and bare ``CLIPVisionModel`` / ``SiglipVisionModel``, whose ``forward`` then
 returns the zipped tokens.
 
 The vision encoder keeps its attention implementation (SDPA by default) and stops after the layer
@@ -41,6 +43,9 @@ count) are replaced, on the given instances. Module by module:
 - ``internvl.py`` (the feature layer's CLS row, per-tile zip after the pixel shuffle),
   ``internvl_model.py`` (the replaced method, the per-tile budget), ``internvl_processor.py``:
   InternVL;
+- ``gemma3.py``, ``gemma3_processor.py``, ``gemma4.py``, ``gemma4_processor.py``: Gemma 3 and
+  Gemma 4 (the replaced ``get_image_features`` and processor methods), ``capture.py`` (the hooks
+  that read the last encoder layer's queries and keys);
 - ``handle.py``: instance patches and ``VisionZipHandle``, which undoes them.
 """
 try:

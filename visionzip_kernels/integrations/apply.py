@@ -1,5 +1,5 @@
 """``apply_visionzip``: one call puts VisionZip into a LLaVA, LLaVA-NeXT, LLaVA-OneVision,
-Qwen2.5-VL, Qwen3-VL, Qwen3.5, InternVL, CLIP or SigLIP model.
+Qwen2.5-VL, Qwen3-VL, Qwen3.5, InternVL, Gemma 3, Gemma 4, CLIP or SigLIP model.
 
 Everything is checked before anything is changed, and a failure part-way undoes what was done, so
 a call either applies VisionZip to the model and the processor or leaves both untouched.
@@ -20,6 +20,8 @@ from transformers import (
 
 from .budget import make_budget
 from .encoder import VISION_MODELS
+from .gemma3 import MODEL_CLASSES as GEMMA3_MODELS, apply_gemma3
+from .gemma4 import MODEL_CLASSES as GEMMA4_MODELS, apply_gemma4
 from .graphs import checked_graph_cache_size
 from .handle import VisionZipHandle
 from .internvl_model import MODEL_CLASSES as INTERNVL_CLASSES, apply_internvl
@@ -44,9 +46,11 @@ SUPPORTED_MODELS = (
     "Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel, Qwen3VLForConditionalGeneration, "
     "Qwen3VLModel, Qwen3_5ForConditionalGeneration, Qwen3_5Model, "
     "Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeModel, InternVLForConditionalGeneration, "
-    "InternVLModel, CLIPVisionModel, SiglipVisionModel"
+    "InternVLModel, Gemma3ForConditionalGeneration, Gemma3Model, Gemma4ForConditionalGeneration, "
+    "Gemma4Model, CLIPVisionModel, SiglipVisionModel"
 )
 QWEN_FAMILIES = (QWEN2_5_VL, QWEN3_VL, QWEN3_5, QWEN3_5_MOE)
+GEMMA_FAMILIES = ((GEMMA3_MODELS, apply_gemma3), (GEMMA4_MODELS, apply_gemma4))  # (model classes, apply function)
 
 
 def _multimodal_parts(model):
@@ -102,7 +106,9 @@ def apply_visionzip(
         ``Qwen3_5ForConditionalGeneration`` / ``Qwen3_5Model`` (MoE: ``Qwen3_5Moe...``) with its
         ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` (``qwen_vl_model.py``). For InternVL: an
         ``InternVLForConditionalGeneration`` / ``InternVLModel`` with its ``InternVLProcessor``,
-        every tile zipped on its own (``internvl_model.py``).
+        every tile zipped on its own (``internvl_model.py``). For Gemma: a
+        ``Gemma3ForConditionalGeneration`` / ``Gemma3Model`` (``gemma3.py``) or a
+        ``Gemma4ForConditionalGeneration`` / ``Gemma4Model`` (``gemma4.py``) with its processor.
     processor: the model's ``LlavaProcessor`` / ``LlavaNextProcessor`` /
         ``LlavaOnevisionProcessor`` (or Qwen-VL processor), patched to write the reduced number of
         image (and video) placeholders (``None`` to leave processing alone, e.g. when the
@@ -113,12 +119,13 @@ def apply_visionzip(
         default 54, the paper's LLaVA-1.5 setting. For Qwen-VL an int (tokens per image) or a float
         (fraction of each image's merged tokens, ``int(f T)``); default 0.65, the published
         Qwen2.5-VL setting. For InternVL the same, per tile of ``T`` (256) tokens: default 0.65,
-        166 tokens.
+        166 tokens. Gemma 3: soft tokens per image (and crop), default 108; Gemma 4: as for
+        Qwen-VL, default 0.42.
     contextual: merged tokens per image (per crop, per frame); default 10 (LLaVA-1.5). For Qwen-VL
         an int or a float fraction (``max(int(f T), 1)``); default 0.05. For InternVL per tile:
-        default 0.05, 12 tokens.
+        default 0.05, 12 tokens. Gemma 3: default 20; Gemma 4: default 0.08.
     backend: the ``zip_tokens`` backend (``"auto"`` picks the fastest for the tensors' device);
-        ``zip_tokens_varlen``'s for Qwen-VL.
+        ``zip_tokens_varlen``'s for Qwen-VL and Gemma 4.
     cuda_graphs: LLaVA and LLaVA-NeXT only: run the vision path (pixels to projected features) as
         CUDA graph replays, one graph captured per input signature (``graphs.py``); calls no graph
         can serve run eagerly, with one warning saying why.
@@ -135,6 +142,10 @@ def apply_visionzip(
     is already applied to.
     """
     graph_cache = checked_graph_cache_size(cuda_graphs, graph_cache_size)  # None: no CUDA graphs
+    for model_classes, apply_family in GEMMA_FAMILIES:
+        if isinstance(model, model_classes):
+            _refuse_graphs(graph_cache, model, "its vision path is the model's own method, hooked")
+            return apply_family(model, processor, dominant, contextual, backend)
     family = next((f for f in QWEN_FAMILIES if isinstance(model, f.model_classes)), None)
     if family is not None:
         _refuse_graphs(graph_cache, model, "its images vary in size, so every call is a new shape")

@@ -71,21 +71,42 @@ def make_budget(tower, dominant, contextual, backend: str) -> Budget:
     ``contextual < 0``, ``dominant + contextual`` above the encoder's token count, an unknown
     ``backend``, or one that cannot run on the device ``tower``'s weights are on.
     """
+    encoder = vision_transformer(tower)
+    return count_budget(
+        dominant,
+        contextual,
+        encoder_tokens(tower),
+        f"the vision encoder ({type(encoder).__name__}) produces per image",
+        backend,
+        next(encoder.parameters()).device,
+        counts_cls=has_cls_token(tower),
+    )
+
+
+def count_budget(
+    dominant, contextual, available: int, source: str, backend: str, device, counts_cls: bool = False
+) -> Budget:
+    """A ``Budget`` of ``dominant + contextual`` tokens out of ``available`` per image, or a clear error.
+
+    source: what gives the ``available`` tokens, ending the error message ("... is more than the
+    256 tokens <source>"); counts_cls: ``dominant`` counts a CLS token (said in its error).
+    ``backend``: a ``zip_tokens`` backend that runs on ``device``. Raises ``TypeError`` for a
+    non-int count, ``ValueError`` for ``dominant < 1``, ``contextual < 0``, ``dominant +
+    contextual > available`` or a backend that cannot run there.
+    """
     dominant = check_int(dominant, "dominant", "apply_visionzip")
     contextual = check_int(contextual, "contextual", "apply_visionzip")
     if dominant < 1:
-        counted = " (it counts the CLS token)" if has_cls_token(tower) else ""
+        counted = " (it counts the CLS token)" if counts_cls else ""
         raise ValueError(f"apply_visionzip: `dominant` must be >= 1{counted}, got {dominant}")
     if contextual < 0:
         raise ValueError(f"apply_visionzip: `contextual` must be >= 0, got {contextual}")
-    available = encoder_tokens(tower)
     if dominant + contextual > available:
         raise ValueError(
             f"apply_visionzip: `dominant` + `contextual` = {dominant} + {contextual} = "
-            f"{dominant + contextual} is more than the {available} tokens the vision encoder "
-            f"({type(vision_transformer(tower)).__name__}) produces per image"
+            f"{dominant + contextual} is more than the {available} tokens {source}"
         )
-    check_backend(BACKENDS, backend, next(vision_transformer(tower).parameters()).device)
+    check_backend(BACKENDS, backend, device)
     return Budget(dominant, contextual, backend)
 
 

@@ -65,6 +65,24 @@ def bind_methods(owner: Any, functions: dict[str, Callable], owner_arg: str) -> 
     return patches
 
 
+def patch_model_and_processor(
+    model, inner, methods: dict[str, Callable], processor, patch_processor: Callable[[], list], budget
+) -> VisionZipHandle:
+    """Bind ``methods`` on ``inner`` (``bind_methods``), then run ``patch_processor()`` unless
+    ``processor`` is ``None``, and return the handle of all their patches. If the processor's
+    patching fails, the model's patches are undone before the error propagates: both objects are
+    patched, or neither."""
+    patches = bind_methods(inner, methods, owner_arg="model")
+    if processor is not None:
+        try:
+            patches += patch_processor()
+        except Exception:
+            for patch in reversed(patches):
+                patch.restore()
+            raise
+    return VisionZipHandle(model, processor, budget, patches)
+
+
 class VisionZipHandle:
     """What ``apply_visionzip`` changed, and how to undo it.
 
