@@ -12,13 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 EMULATION = ROOT / "tests" / "cuda_emulation"
 
 
-def compile_runner(source: str, binary: Path) -> Path:
-    """``tests/cuda_emulation/<source>`` compiled to ``binary`` (``$CXX`` or ``c++``), float32 math
-    unfused (``-ffp-contract=off``) as the kernels' explicit round-to-nearest intrinsics are."""
+def compile_runner(source: str, binary: Path, flags: tuple[str, ...] = ()) -> Path:
+    """``tests/cuda_emulation/<source>`` compiled to ``binary`` (``$CXX`` or ``c++``) with ``flags``
+    added, float32 math unfused (``-ffp-contract=off``) as the kernels' explicit round-to-nearest
+    intrinsics are."""
     command = [
         os.environ.get("CXX", "c++"), "-std=c++20", "-O1", "-pthread", "-fno-strict-aliasing", "-ffp-contract=off",
-        "-Wall", "-Wno-unknown-pragmas", "-I", str(ROOT / "csrc"), "-I", str(EMULATION), str(EMULATION / source),
-        "-o", str(binary),
+        "-Wall", "-Wno-unknown-pragmas", *flags, "-I", str(ROOT / "csrc"), "-I", str(EMULATION),
+        str(EMULATION / source), "-o", str(binary),
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]

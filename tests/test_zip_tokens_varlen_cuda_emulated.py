@@ -4,8 +4,9 @@
 the host stand-ins of ``tests/cuda_emulation/device_primitives_host.h`` (every CUDA thread an OS
 thread, barriers for __syncthreads and the warp exchanges) and launches the plan and apply kernels
 with the launches of ``csrc/zip_tokens_varlen_launch.h``, the code the extension launches them with.
-Inputs are read from buffers of exactly their storage's size; workspaces and outputs start as
-poison (NaN, an index far out of range) between guard zones that must be intact afterwards.
+Built with AddressSanitizer; inputs are read from buffers of exactly their storage's size;
+workspaces and outputs start as poison (NaN, -7777777) between guard zones that must be intact
+afterwards.
 
 Checked here: kept indices and offsets exactly, and tokens within the parity tolerance, against the
 reference (``varlen_cases.assert_zip_varlen_matches_reference``), on shapes reaching every path of
@@ -30,7 +31,9 @@ from varlen_cases import assert_zip_varlen_matches_reference, make_packed
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory) -> Path:
-    return compile_runner("run_zip_tokens_varlen.cpp", tmp_path_factory.mktemp("emulation") / "run_zip_tokens_varlen")
+    """The runner under AddressSanitizer: a read or write outside any buffer aborts it at once."""
+    binary = tmp_path_factory.mktemp("emulation") / "run_zip_tokens_varlen"
+    return compile_runner("run_zip_tokens_varlen.cpp", binary, flags=("-fsanitize=address",))
 
 
 def counts(values) -> str:

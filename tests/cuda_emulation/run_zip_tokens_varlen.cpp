@@ -30,6 +30,7 @@ using emulation::Index3;
 using emulation::TensorArg;
 
 constexpr int32_t kPoisonIndex = -7777777;  // far outside every buffer
+constexpr float kPoisonValue = -7777777.f;  // no token's value (-inf as float16), nor NaN, which refused rows hold
 
 struct Workspace {
   GuardedBuffer<int32_t> destination, target_tok, target_row;
@@ -99,7 +100,7 @@ void run(const Args& args) {
   }
   emulation::with_dtype(hidden.dtype, [&](auto zero) {
     using T = decltype(zero);
-    GuardedBuffer<T> out(plan.kept_rows * width, visionzip::cuda::from_float<T>(NAN));
+    GuardedBuffer<T> out(plan.kept_rows * width, visionzip::cuda::from_float<T>(kPoisonValue));
     for (const VarlenLaunch& launch : plan.launches) {
       const Index3 grid{static_cast<unsigned>(launch.apply_blocks_x), static_cast<unsigned>(launch.apply_blocks_y), 1};
       emulation::launch(grid, kApplyThreads, 0, [&] {
