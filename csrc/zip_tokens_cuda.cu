@@ -13,6 +13,7 @@
 // otherwise.
 #include <Python.h>  // first, as Python requires
 
+#include "cuda_dispatch.h"
 #include "zip_tokens_checks.h"
 #include "zip_tokens_launch.h"
 
@@ -37,30 +38,6 @@ namespace visionzip::cuda {
 namespace {
 
 using at::Tensor;
-
-#define VISIONZIP_DISPATCH_FLOAT(TYPE, NAME, ...)                                   \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)          \
-                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)       \
-                                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
-
-// The device type of a dispatched scalar type: the kernels use CUDA's own 16-bit types.
-template <typename T>
-struct DeviceScalar {
-  using type = T;
-};
-template <>
-struct DeviceScalar<at::Half> {
-  using type = __half;
-};
-template <>
-struct DeviceScalar<at::BFloat16> {
-  using type = __nv_bfloat16;
-};
-
-template <typename T>
-const typename DeviceScalar<T>::type* device_data(const Tensor& t) {
-  return reinterpret_cast<const typename DeviceScalar<T>::type*>(t.const_data_ptr<T>());
-}
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 

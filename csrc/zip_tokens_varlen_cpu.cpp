@@ -27,6 +27,7 @@
 
 #include "half_rows.h"
 #include "zip_plan.h"
+#include "zip_tokens_varlen_checks.h"
 
 namespace visionzip {
 namespace {
@@ -104,36 +105,11 @@ std::vector<int64_t> offsets_of(c10::IntArrayRef counts) {
   return result;
 }
 
-void check_inputs(const Tensor& hidden, const Tensor& importance, const Tensor& cu_seqlens, c10::IntArrayRef seqlens,
-                  c10::IntArrayRef k_dom, c10::IntArrayRef k_ctx, const std::optional<Tensor>& keys) {
-  TORCH_CHECK(hidden.dim() == 2 && hidden.size(1) >= 1, "zip_tokens_varlen: hidden must be [T_total, D]");
-  TORCH_CHECK(importance.dim() == 1 && importance.size(0) == hidden.size(0),
-              "zip_tokens_varlen: importance must be [T_total]");
-  TORCH_CHECK(!keys.has_value() || (keys->dim() == 2 && keys->size(0) == hidden.size(0) && keys->size(1) >= 1),
-              "zip_tokens_varlen: keys must be [T_total, Dk]");
-  for (const Tensor* t : {&hidden, &importance, &cu_seqlens}) {
-    TORCH_CHECK(t->device().is_cpu(), "zip_tokens_varlen: the cpu backend takes cpu tensors");
-  }
-  TORCH_CHECK(!keys.has_value() || keys->device().is_cpu(), "zip_tokens_varlen: the cpu backend takes cpu tensors");
-  const int64_t n = static_cast<int64_t>(seqlens.size());
-  TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) == n + 1, "zip_tokens_varlen: cu_seqlens must be [n + 1]");
-  TORCH_CHECK(static_cast<int64_t>(k_dom.size()) == n && static_cast<int64_t>(k_ctx.size()) == n,
-              "zip_tokens_varlen: k_dom and k_ctx must hold one count per segment");
-  const Tensor offsets = cu_seqlens.to(at::kLong).contiguous();
-  const int64_t* cu = offsets.data_ptr<int64_t>();
-  TORCH_CHECK(cu[0] == 0 && cu[n] == hidden.size(0), "zip_tokens_varlen: cu_seqlens must run from 0 to T_total");
-  for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(cu[i + 1] - cu[i] == seqlens[i], "zip_tokens_varlen: cu_seqlens must hold the offsets of seqlens");
-    TORCH_CHECK(k_dom[i] >= 0 && k_ctx[i] >= 0 && k_dom[i] + k_ctx[i] <= seqlens[i],
-                "zip_tokens_varlen: every segment must keep between 0 and its size tokens");
-  }
-}
-
 std::tuple<Tensor, Tensor, Tensor> zip_tokens_varlen_cpu(const Tensor& hidden_in, const Tensor& importance,
                                                          const Tensor& cu_seqlens, c10::IntArrayRef seqlens,
                                                          c10::IntArrayRef k_dom, c10::IntArrayRef k_ctx,
                                                          const std::optional<Tensor>& keys) {
-  check_inputs(hidden_in, importance, cu_seqlens, seqlens, k_dom, k_ctx, keys);
+  check_zip_tokens_varlen_args(hidden_in, importance, cu_seqlens, seqlens, k_dom, k_ctx, keys, c10::DeviceType::CPU, "cpu");
   const Tensor hidden = hidden_in.stride(1) == 1 ? hidden_in : hidden_in.contiguous();
   const int64_t n = static_cast<int64_t>(seqlens.size()), width = hidden.size(1);
   const std::vector<int64_t> starts = offsets_of(seqlens);

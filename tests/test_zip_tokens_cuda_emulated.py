@@ -15,7 +15,6 @@ hardware's own rounding intrinsics, speed) is left to ``test_cuda_zip_tokens.py`
 """
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -23,35 +22,17 @@ import numpy as np
 import pytest
 import torch
 
+from emulation_runner import compile_runner, tensor_arg
 from zip_apply_order import tokens_in_apply_order
 from zip_cases import ZipCase, assert_matches_reference, make_inputs
 
-ROOT = Path(__file__).resolve().parents[1]
-EMULATION = ROOT / "tests" / "cuda_emulation"
 H100 = {"sm_count": 132, "shared_opt_in": 232448}
 AUTO = {"positions_per_block": 0, "target_chunk": 0, "tile_channels": 0, "channel_lanes": 0, "row_lanes": 0}
 
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory) -> Path:
-    binary = tmp_path_factory.mktemp("emulation") / "run_zip_tokens"
-    compiler = os.environ.get("CXX", "c++")
-    command = [
-        compiler, "-std=c++20", "-O1", "-pthread", "-fno-strict-aliasing", "-ffp-contract=off", "-Wall",
-        "-Wno-unknown-pragmas", "-I", str(ROOT / "csrc"), "-I", str(EMULATION),
-        str(EMULATION / "run_zip_tokens.cpp"), "-o", str(binary),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return binary
-
-
-def tensor_arg(tensor: torch.Tensor, path: Path) -> str:
-    torch.empty(0, dtype=torch.uint8).set_(tensor.untyped_storage()).numpy().tofile(path)
-    dtype = str(tensor.dtype).removeprefix("torch.")
-    sizes = ",".join(map(str, tensor.shape))
-    strides = ",".join(map(str, tensor.stride()))
-    return f"{path}:{dtype}:{tensor.storage_offset()}:{sizes}:{strides}"
+    return compile_runner("run_zip_tokens.cpp", tmp_path_factory.mktemp("emulation") / "run_zip_tokens")
 
 
 def run_emulated(runner: Path, workdir: Path, inputs: dict, device=H100, vectorise=True, **shapes):

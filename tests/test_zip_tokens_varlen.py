@@ -149,6 +149,25 @@ def test_device_cu_seqlens_needs_host_seqlens():
         vz.zip_tokens_varlen(hidden, torch.zeros(12, device="meta"), torch.tensor([0, 5, 12], device="meta"), 0.5, 1)
 
 
+CPP_BAD = [
+    (dict(cu_seqlens=torch.tensor([0, 5, 11]), seqlens=[5, 6]), "seqlens must sum to T_total"),
+    (dict(cu_seqlens=torch.tensor([0, 6, 12])), "cu_seqlens must hold the offsets of seqlens"),
+    (dict(cu_seqlens=torch.tensor([0.0, 5.0, 12.0])), "cu_seqlens must be \\[n \\+ 1\\] int32 or int64"),
+    (dict(k_ctx=[4, 1]), "every segment must keep between 0 and its size tokens"),
+]
+
+
+@pytest.mark.parametrize("bad,message", CPP_BAD, ids=lambda value: str(value)[:40])
+def test_cpp_entry_point_refuses_what_its_kernels_rely_on(bad, message):
+    """torch.ops' backend op checks its arguments itself (zip_tokens_varlen_checks.h)."""
+    args = dict(cu_seqlens=torch.tensor([0, 5, 12]), seqlens=[5, 7], k_ctx=[1, 1])
+    args.update(bad)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.visionzip._zip_tokens_varlen_cpu(
+            torch.randn(12, 8), torch.rand(12), args["cu_seqlens"], args["seqlens"], [2, 2], args["k_ctx"], None
+        )
+
+
 @pytest.mark.parametrize("op_name", ["zip_tokens_varlen", "_zip_tokens_varlen_cpu", "_zip_tokens_varlen_triton"])
 def test_opcheck(op_name):
     packed = make_packed((9, 14, 3), 16, 6, torch.bfloat16, seed=4)

@@ -45,6 +45,7 @@
 #define __device__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __grid_constant__
 #define __align__(n) alignas(n)
 #define __shared__ static  // one array per kernel instantiation, shared by the block's threads
 

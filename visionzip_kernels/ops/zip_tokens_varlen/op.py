@@ -18,8 +18,9 @@ Backends (``backend=``):
   ``triton_kernels.py``), CUDA tensors, or CPU tensors through Triton's interpreter when
   ``TRITON_INTERPRET=1`` is set;
 - ``"cuda"``: the CUDA C++ kernels (``csrc/zip_tokens_varlen_cuda.cu``), one block per segment,
-  CUDA tensors, when that extension was built. Compile-checked only so far: ``"auto"`` prefers
-  the Triton backend on CUDA until a GPU run has measured and checked it;
+  CUDA tensors, when that extension was built; no copy from the host and no synchronisation, so
+  a CUDA graph can capture it. Compile-checked and run on the CPU by emulation only so far:
+  ``"auto"`` prefers the Triton backend on CUDA until a GPU run has measured and checked it;
 - ``"auto"``: the first of ``available_backends(device)``.
 
 ``torch.ops.visionzip.zip_tokens_varlen`` is the same op with per-segment integer budgets already
@@ -133,8 +134,10 @@ def zip_tokens_varlen(
     seqlens: the ``n`` segment sizes as host ints (e.g. ``image_grid_thw.prod(-1) // 4``). **The
     sizes must be known on the host**: pass ``seqlens``, or a ``cu_seqlens`` on the CPU (it is
     then read); a GPU ``cu_seqlens`` without ``seqlens`` is refused, since reading it would
-    synchronise. With both given, ``seqlens`` is trusted on a GPU (a ``cu_seqlens`` that disagrees
-    gives unspecified values); on the CPU they are compared.
+    synchronise. With both given, they are compared on the CPU; on a GPU ``seqlens`` is trusted
+    (a ``cu_seqlens`` that disagrees gives unspecified values, never an access out of bounds; the
+    ``"cuda"`` backend compares them on the device and gives the segments whose offsets disagree
+    kept index -1 and NaN rows).
 
     dominant, contextual: an ``int`` is a token count for every segment; a ``float`` in ``[0, 1]``
     a fraction of each segment's ``T_i`` tokens, rounded as published: ``int(dominant * T_i)`` and
