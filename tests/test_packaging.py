@@ -1,14 +1,17 @@
 """Installing like a library: the metadata (pyproject.toml, one version), the message of a build that
-cannot see torch, and the message of the integrations without transformers. The wheel round trip
+cannot see torch, the values VISIONZIP_BUILD_CUDA accepts, and the message of the integrations
+without transformers. The wheel round trip
 itself is `make wheel-check` (tools/wheel_check.py), which `make test` runs beside the tests."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import torch
 
 import visionzip_kernels
@@ -68,3 +71,25 @@ def test_integrations_without_transformers_name_the_extra():
 def test_the_kernels_import_without_transformers():
     result = run_without("transformers", "import visionzip_kernels, sys; assert 'transformers' not in sys.modules")
     assert result.returncode == 0, result.stderr
+
+
+def setup_py_with(build_cuda: str) -> subprocess.CompletedProcess:
+    """``python setup.py --name`` (decides the extensions, builds nothing) with VISIONZIP_BUILD_CUDA set."""
+    environment = {**os.environ, "VISIONZIP_BUILD_CUDA": build_cuda}
+    return subprocess.run(
+        [sys.executable, "setup.py", "--name"], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize("build_cuda", ["0", "auto"])
+def test_the_documented_build_cuda_values_are_accepted(build_cuda):
+    result = setup_py_with(build_cuda)
+    assert result.returncode == 0 and result.stdout.strip().endswith("visionzip_kernels"), result.stderr
+
+
+@pytest.mark.parametrize("build_cuda", ["yes", "true", ""])
+def test_another_build_cuda_value_stops_the_build_with_the_values(build_cuda):
+    result = setup_py_with(build_cuda)
+    assert result.returncode != 0
+    assert f"VISIONZIP_BUILD_CUDA={build_cuda!r}" in result.stderr and "Traceback" not in result.stderr
+    assert "1 (build the CUDA extension or fail), 0 (skip it) or auto" in result.stderr
