@@ -27,7 +27,7 @@ FlashAttention-2 where ``flash_attn`` is installed, SDPA otherwise (a row says w
 Without CUDA, or with ``--tiny``, a toy geometry runs in float32 on the CPU in seconds: this
 exercises the script (CI); its rows are marked ``mode=tiny`` and are not claims.
 
-Rows go to ``benchmarks/results/qwen_vl_<device>.csv`` (``_tiny`` in tiny mode); the table is
+With ``--publish`` rows go to ``benchmarks/results/qwen_vl_<device>.csv`` (``_tiny`` in tiny mode); the table is
 printed last, with the issue's criteria (1 image: TTFT >= 1.2x at 0.65 + 0.05 and >= 1.4x at
 0.45 + 0.05, peak memory no higher than full tokens).
 
@@ -43,7 +43,6 @@ import importlib.util
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from unittest import mock
 
 import torch
@@ -52,7 +51,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 
 from generate.models import twin
 from prefill.timing import TINY_POLICY, RepetitionPolicy, Timer, timing_fields
-from run_environment import RESULTS_DIR, device_slug, model_run_environment, write_rows
+from run_environment import add_results_options, device_slug, model_run_environment, save_rows
 from visionzip_kernels.integrations import apply_visionzip
 from visionzip_kernels.integrations import qwen_vl
 from visionzip_kernels.integrations.budget import Budget
@@ -284,7 +283,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true",
                         help="toy geometry in float32 on the CPU (automatic without CUDA)")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the rows go")
+    add_results_options(parser)
     parser.add_argument("--scenarios", help=f"comma-separated, of {sorted(TINY.scenarios)} (default: all)")
     return parser.parse_args(argv)
 
@@ -319,9 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += [{**env, **row} for row in scenario_rows(model, geometry, scenario, timer, device, dtype)]
     fields = list(dict.fromkeys(key for row in rows for key in row))
     suffix = "_tiny" if tiny else ""
-    path = write_rows(args.results_dir / f"qwen_vl_{device_slug(device)}{suffix}.csv",
-                      [{field: row.get(field, "") for field in fields} for row in rows])
-    print(f"wrote {path}", file=sys.stderr)
+    save_rows(args.results_dir, f"qwen_vl_{device_slug(device)}{suffix}.csv",
+              [{field: row.get(field, "") for field in fields} for row in rows])
     print(table(rows))
     if tiny:
         print("tiny mode: toy sizes on a CPU, no verdict; the criteria need the full-size run on a GPU")

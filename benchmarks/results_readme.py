@@ -109,7 +109,8 @@ def render(rows: list[dict[str, str]], include_tiny: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="where the prefill rows are read (default: benchmarks/results/)")
     parser.add_argument("--include-tiny", action="store_true", help="show tiny-mode rows, labelled as not claims")
     args = parser.parse_args(argv)
     rows = [row for path in sorted(args.results_dir.glob("prefill_*.csv")) for row in read_rows(path)]

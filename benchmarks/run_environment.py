@@ -1,11 +1,14 @@
 """What a benchmark row records about where it ran, and where rows are written."""
 from __future__ import annotations
 
+import argparse
+import contextlib
 import csv
 import datetime
 import platform
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 import torch
@@ -72,6 +75,38 @@ def model_run_environment(device: torch.device, mode: str, dtype: torch.dtype) -
         "dtype": str(dtype).removeprefix("torch."),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def add_results_options(parser: argparse.ArgumentParser, what: str = "rows") -> None:
+    """``--results-dir DIR`` or ``--publish`` (``benchmarks/results/``, the committed data), as
+    ``args.results_dir``; with neither it is ``None`` and the benchmark writes nothing."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--results-dir", type=Path, default=None, metavar="DIR",
+                       help=f"write the {what} under DIR (default: write nothing, print only)")
+    where.add_argument("--publish", dest="results_dir", action="store_const", const=RESULTS_DIR,
+                       help=f"write the {what} into benchmarks/results/, the committed data")
+
+
+@contextlib.contextmanager
+def results_folder(results_dir: Path | None):
+    """``results_dir``, or a temporary folder removed on leaving (neither ``--results-dir`` nor
+    ``--publish``): for benchmarks that merge rows with earlier runs and render them from files."""
+    if results_dir is not None:
+        yield results_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="visionzip-bench-") as folder:
+        yield Path(folder)
+
+
+def save_rows(results_dir: Path | None, name: str, rows: list[dict]) -> Path | None:
+    """``write_rows`` to ``results_dir / name`` and say so; with no ``results_dir`` (neither
+    ``--results-dir`` nor ``--publish``) write nothing and say how to."""
+    if results_dir is None:
+        print(f"{len(rows)} rows not written (--results-dir DIR or --publish writes them)")
+        return None
+    path = write_rows(results_dir / name, rows)
+    print(f"wrote {len(rows)} rows to {path}")
+    return path
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
