@@ -1,12 +1,15 @@
 # Developer and CI targets.
 #
-#   make demo             install, then run the self-check (python -m visionzip_kernels): every
-#                         backend checked against the reference and timed, on synthetic inputs.
+#   make demo             install-core, then run the self-check (python -m visionzip_kernels):
+#                         every backend checked against the reference and timed, on synthetic inputs.
 #   make test             install, then run the test suite and, beside it, compile-check the
 #                         CUDA and CMake builds and check the wheel (make wheel-check).
-#   make install          torch 2.13.0 if no torch is installed (never a second, CUDA build), the
-#                         other requirements, then the package itself, editable, without its
-#                         dependencies (so pip never resolves torch) and built against that torch.
+#   make install-core     torch 2.13.0 if no torch is installed (never a second, CUDA build; from
+#                         TORCH_INDEX when set), what the build needs (requirements-build.txt:
+#                         setuptools, wheel, ninja, numpy), then the package itself, editable,
+#                         without its dependencies (so pip never resolves torch), built against that torch.
+#   make install          install-core, then the development world (requirements.txt: pytest,
+#                         hypothesis, triton, transformers, pillow, matplotlib, build, pybind11).
 #   make wheel-check      build the wheel, install it alone into a fresh venv that reuses this
 #                         environment's torch and numpy (nothing from an index), and run the main
 #                         job from a folder outside the repository (tools/wheel_check.py).
@@ -16,11 +19,14 @@
 #                         syntax or type error in the CUDA kernels fails without a GPU. Without
 #                         nvcc it prints a notice and succeeds, unless CI=true.
 #
-# Variables: PYTHON (an interpreter with torch), NVCC, CUDA_ARCHS (compute capabilities; by default
+# Variables: PYTHON (an interpreter with torch), TORCH_INDEX (the index torch is installed from
+# when missing, e.g. https://download.pytorch.org/whl/cpu for the CPU build on Linux; empty: pip's
+# own index, or its cache), NVCC, CUDA_ARCHS (compute capabilities; by default
 # those of csrc/cuda_archs.txt, which setup.py and CMakeLists.txt read too), NVCC_THREADS
 # (architectures compiled in parallel per file).
 
 PYTHON ?= python
+TORCH_INDEX ?=
 NVCC ?= nvcc
 CUDA_ARCHS ?= $(shell sed -e 's/\#.*//' csrc/cuda_archs.txt)
 NVCC_THREADS ?= 2
@@ -42,14 +48,18 @@ TORCH_FLAGS_SCRIPT := import sysconfig, torch, torch.utils.cpp_extension as ext;
 	print(" ".join(["-I" + d for d in dirs] + ext.COMMON_NVCC_FLAGS \
 	+ ["-D_GLIBCXX_USE_CXX11_ABI=%d" % torch._C._GLIBCXX_USE_CXX11_ABI]))
 
-.PHONY: install demo test build-checks unit-tests wheel-check cmake-check cuda-check cuda-check-objects FORCE
+.PHONY: install install-core demo test build-checks unit-tests wheel-check cmake-check cuda-check cuda-check-objects FORCE
 
-install:
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -r requirements.txt
+install-core:
+	$(PYTHON) -c "import torch" 2>/dev/null || \
+		$(PYTHON) -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
+	$(PYTHON) -m pip install -r requirements-build.txt
 	$(PYTHON) -m pip install --no-build-isolation --no-deps -e .
 
-demo: install
+install: install-core
+	$(PYTHON) -m pip install -r requirements.txt
+
+demo: install-core
 	$(PYTHON) -m visionzip_kernels
 
 # The test suite runs mostly on one core, so the compile checks run beside it, one after another;

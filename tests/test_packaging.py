@@ -1,11 +1,13 @@
 """Installing like a library: the metadata (pyproject.toml, one version), the message of a build that
-cannot see torch, the values VISIONZIP_BUILD_CUDA accepts, and the message of the integrations
+cannot see torch, the values VISIONZIP_BUILD_CUDA accepts, what `make demo` and `make install`
+install, and the message of the integrations
 without transformers. The wheel round trip
 itself is `make wheel-check` (tools/wheel_check.py), which `make test` runs beside the tests."""
 from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -93,3 +95,27 @@ def test_another_build_cuda_value_stops_the_build_with_the_values(build_cuda):
     assert result.returncode != 0
     assert f"VISIONZIP_BUILD_CUDA={build_cuda!r}" in result.stderr and "Traceback" not in result.stderr
     assert "1 (build the CUDA extension or fail), 0 (skip it) or auto" in result.stderr
+
+
+def make_commands(*arguments: str) -> str:
+    """The commands ``make`` would run (``make -n``), at the repository root."""
+    result = subprocess.run(["make", "-n", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_make_demo_installs_only_what_the_self_check_needs():
+    demo = make_commands("demo", "PYTHON=python")
+    assert "pip install -r requirements-build.txt" in demo and "requirements.txt" not in demo
+    assert demo.rstrip().endswith("python -m visionzip_kernels")
+    build = (ROOT / "requirements-build.txt").read_text().split()
+    assert {"numpy", "ninja", "wheel", "setuptools>=64"} <= set(build)
+    assert not {"triton", "transformers", "pytest", "hypothesis", "matplotlib"} & set(build)
+    assert "pip install -r requirements.txt" in make_commands("install", "PYTHON=python")
+    assert re.search(r"^test: install$", (ROOT / "Makefile").read_text(), re.M)
+
+
+def test_torch_comes_from_torch_index_when_it_is_set():
+    assert "--index-url" not in make_commands("install-core")
+    cpu_index = "https://download.pytorch.org/whl/cpu"
+    assert f"pip install --index-url {cpu_index} torch==" in make_commands("install-core", f"TORCH_INDEX={cpu_index}")
