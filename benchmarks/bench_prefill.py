@@ -49,7 +49,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batches", help="comma-separated batch sizes (default: 1 and 8; tiny: 1 and 2)")
     parser.add_argument("--graphs", choices=sorted(GRAPH_CHOICES), default="all",
                         help="stages also timed as CUDA-graph replays on a GPU (default: all that apply)")
-    return parser.parse_args(argv)
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: rewrite the table and chart of every prefill_*.csv under "
+                             "--results-dir DIR (or benchmarks/results/ with --publish) from its rows")
+    args = parser.parse_args(argv)
+    if args.report_only and args.results_dir is None:
+        parser.error("--report-only rewrites the reports of existing rows: give --results-dir DIR or --publish")
+    return args
 
 
 def progress(message: str) -> None:
@@ -87,6 +93,10 @@ def select_geometries(geometries: tuple[ModelGeometry, ...], names: str | None) 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_only:
+        for csv_path in sorted(args.results_dir.glob("prefill_*.csv")):
+            publish(csv_path, csv_path.with_suffix(""), render, write_chart, time.perf_counter(), kept=True)
+        return 0
     tiny = args.tiny or not torch.cuda.is_available()
     device = torch.device("cpu") if tiny else torch.device("cuda")
     dtype = torch.float32 if tiny else torch.bfloat16

@@ -144,3 +144,21 @@ def test_pipelines_compare_one_computation():
             expected_shape = (2 * geometry.crops, budget.k_dom + budget.k_ctx, geometry.encoder.width)
             assert tokens["visionzip_kernels"].shape == expected_shape
             torch.testing.assert_close(tokens["visionzip_kernels"], tokens["published"], rtol=1e-5, atol=1e-5)
+
+
+def test_the_committed_reports_are_what_the_script_writes_from_the_committed_rows(tmp_path):
+    """``--report-only`` rewrites the table and the chart from the rows alone; the committed table
+    is exactly what it writes today (the chart, a PNG, is only checked to be written)."""
+    import bench_prefill
+
+    committed = sorted((BENCHMARKS / "results").glob("prefill_*.csv"))
+    assert committed
+    for csv_path in committed:
+        (tmp_path / csv_path.name).write_bytes(csv_path.read_bytes())
+    assert bench_prefill.main(["--report-only", "--results-dir", str(tmp_path)]) == 0
+    for csv_path in committed:
+        written = tmp_path / csv_path.with_suffix(".md").name
+        assert written.read_text() == csv_path.with_suffix(".md").read_text(), csv_path.name
+        assert tmp_path.joinpath(csv_path.with_suffix(".png").name).stat().st_size > 0
+    with pytest.raises(SystemExit):
+        bench_prefill.main(["--report-only"])  # no rows to read
