@@ -10,6 +10,10 @@
 #                         without its dependencies (so pip never resolves torch), built against that torch.
 #   make install          install-core, then the development world (requirements.txt: pytest,
 #                         hypothesis, triton, transformers, pillow, matplotlib, build, pybind11).
+#   make publish-cpu-rows rerun, on the CPU and with --publish, every benchmark whose CPU rows are
+#                         committed (benchmarks/results/*_cpu.csv, onevision_pooling.csv), so that
+#                         they are what the scripts write today. Run it on a quiet machine: the
+#                         rows are the README's CPU numbers. Minutes.
 #   make wheel-check      build the wheel, install it alone into a fresh venv that reuses this
 #                         environment's torch and numpy (nothing from an index), and run the main
 #                         job from a folder outside the repository (tools/wheel_check.py).
@@ -48,7 +52,7 @@ TORCH_FLAGS_SCRIPT := import sysconfig, torch, torch.utils.cpp_extension as ext;
 	print(" ".join(["-I" + d for d in dirs] + ext.COMMON_NVCC_FLAGS \
 	+ ["-D_GLIBCXX_USE_CXX11_ABI=%d" % torch._C._GLIBCXX_USE_CXX11_ABI]))
 
-.PHONY: install install-core demo test build-checks unit-tests wheel-check cmake-check cuda-check cuda-check-objects FORCE
+.PHONY: install install-core demo test publish-cpu-rows build-checks unit-tests wheel-check cmake-check cuda-check cuda-check-objects FORCE
 
 install-core:
 	$(PYTHON) -c "import torch" 2>/dev/null || \
@@ -76,6 +80,16 @@ VARIABLES := PYTHON="$(PYTHON)" NVCC="$(NVCC)" CUDA_ARCHS="$(CUDA_ARCHS)" NVCC_T
 build-checks:
 	$(FRESH) $(MAKE) --no-print-directory $(VARIABLES) cuda-check cmake-check
 	$(FRESH) $(MAKE) --no-print-directory $(VARIABLES) wheel-check
+
+# CUDA_VISIBLE_DEVICES is empty: the scripts take the CPU even where a GPU is present.
+CPU_BENCH := env CUDA_VISIBLE_DEVICES= $(PYTHON) benchmarks
+
+publish-cpu-rows:
+	$(CPU_BENCH)/bench_zip_tokens.py --device cpu --batches 1 8 32 --publish
+	$(CPU_BENCH)/bench_attention_importance.py --device cpu --publish
+	$(CPU_BENCH)/bench_host_overhead.py --device cpu --publish
+	$(CPU_BENCH)/bench_varlen.py --publish
+	$(CPU_BENCH)/bench_onevision_pooling.py --publish
 
 unit-tests:
 	$(FRESH) $(PYTHON) -m pytest -q tests

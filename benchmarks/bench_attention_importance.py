@@ -201,7 +201,8 @@ def measure(geometry: Geometry, layers: int, batches, device, dtype, repeats: in
                 "n_tokens": captured[0].hidden.shape[1], "heads": geometry.heads, "head_dim": head_dim,
                 "layers": layers, "provider": provider, "attn_implementation": attn_implementation,
                 "median_ms": round(timing.median_ms, 4), "p20_ms": round(timing.p20_ms, 4),
-                "p80_ms": round(timing.p80_ms, 4), "repeats": timing.repeats, "peak_mib": round(peak_mib(fn, arg_sets[0], device), 2),
+                "p80_ms": round(timing.p80_ms, 4), "repeats": timing.repeats,
+                "peak_mib": round(peak_mib(fn, arg_sets[0], device), 2),
             })
         model.set_attn_implementation("sdpa")
         del captured, qk_sets, pixel_sets

@@ -49,7 +49,7 @@ def git_commit() -> str:
 
 
 def environment(device: torch.device) -> dict:
-    """Device, library versions and commit, for every row a benchmark writes."""
+    """Device, library versions, commit and when it ran (UTC), for every row a benchmark writes."""
     try:
         import triton
 
@@ -62,18 +62,18 @@ def environment(device: torch.device) -> dict:
         "triton": triton_version,
         "cuda": torch.version.cuda or "none",
         "commit": git_commit(),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def model_run_environment(device: torch.device, mode: str, dtype: torch.dtype) -> dict:
     """``environment(device)`` with what every model benchmark adds: its mode (tiny or full-size),
-    the transformers version, the dtype and when it ran (UTC)."""
+    the transformers version and the dtype."""
     import transformers
 
     return {
         **environment(device), "mode": mode, "transformers": transformers.__version__,
         "dtype": str(dtype).removeprefix("torch."),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
