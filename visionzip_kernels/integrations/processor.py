@@ -14,6 +14,10 @@ patched on its instance at the narrowest point that decides it:
 - ``LlavaOnevisionProcessor``: ``replace_image_token``, ``replace_video_token`` (the placeholder
   strings, used by ``__call__``) and ``_get_num_multimodal_tokens`` return the counts of
   ``llava_onevision.py``, whatever ``vision_feature_select_strategy`` says (SigLIP has no CLS token).
+
+The model's ``get_placeholder_mask`` is wrapped on its instance too (``patch_placeholder_check``):
+a prompt written for the full token count, by a processor VisionZip was not applied to, fails
+with a message that says so, not only with transformers' count mismatch.
 """
 from __future__ import annotations
 
