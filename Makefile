@@ -17,9 +17,9 @@
 #   make wheel-check      build the wheel, install it alone into a fresh venv that reuses this
 #                         environment's torch and numpy (nothing from an index), and run the main
 #                         job from a folder outside the repository (tools/wheel_check.py).
-#   make cmake-check      build csrc/ with CMake (build/cmake/), as a C++ developer would.
+#   make cmake-check      build csrc/ with CMake (.build/cmake/), as a C++ developer would.
 #   make -j2 cuda-check   compile every csrc/*.cu with nvcc against torch's headers for each GPU
-#                         architecture the package targets (objects under build/cuda-check/), so a
+#                         architecture the package targets (objects under .build/cuda-check/), so a
 #                         syntax or type error in the CUDA kernels fails without a GPU. Without
 #                         nvcc it prints a notice and succeeds, unless CI=true.
 #
@@ -35,7 +35,9 @@ NVCC ?= nvcc
 CUDA_ARCHS ?= $(shell sed -e 's/\#.*//' csrc/cuda_archs.txt)
 NVCC_THREADS ?= 2
 
-CHECK_DIR := build/cuda-check
+# Every build output lives under .build/: a root folder called "build" would shadow the
+# `build` package (python -m build).
+CHECK_DIR := .build/cuda-check
 CUDA_SOURCES := $(wildcard csrc/*.cu)
 CUDA_HEADERS := $(wildcard csrc/*.cuh csrc/*.h)
 CUDA_OBJECTS := $(patsubst csrc/%.cu,$(CHECK_DIR)/%.o,$(CUDA_SOURCES))
@@ -99,8 +101,8 @@ wheel-check:
 
 cmake-check:
 	@if command -v cmake >/dev/null 2>&1; then \
-		cmake -S . -B build/cmake -DPython3_EXECUTABLE="$$(command -v $(PYTHON))" >/dev/null && \
-		cmake --build build/cmake -j2; \
+		cmake -S . -B .build/cmake -DPython3_EXECUTABLE="$$(command -v $(PYTHON))" >/dev/null && \
+		cmake --build .build/cmake -j2; \
 	elif [ "$(CI)" = "true" ]; then \
 		echo "cmake not found: the CMake build check cannot run (CI=true)" >&2; exit 1; \
 	else \

@@ -101,6 +101,9 @@ if build_cuda():
     )
 
 setup(
+    # Build outputs under .build/, not build/: a build/ folder at the root would shadow the `build`
+    # package, so that `python -m build` there would fail.
+    options={"build": {"build_base": os.path.join(".build", "setuptools")}},
     ext_modules=extensions,
     cmdclass={"build_ext": BuildExtensionApart},
     install_requires=[torch_requirement(), "numpy"],

@@ -30,7 +30,7 @@ TOP_LEVEL = tuple(
     entry.name for entry in ROOT.iterdir() if entry.is_dir() and not entry.name.startswith(".")
 ) + (".ci",)
 # Folders that hold no repository content: version control, environments, caches, build outputs.
-NOT_CONTENT = re.compile(r"^(\.(?!ci$).*|__pycache__|.*\.egg-info|dist|build)$")
+NOT_CONTENT = re.compile(r"^(\.(?!ci$).*|__pycache__|.*\.egg-info|dist)$")
 PATH_TOKEN = re.compile(r"^[\w.\-*\[\]]+(/[\w.\-*\[\]]*)*$")  # no placeholder: not <op>/
 MAKE_TOKEN = re.compile(r"\bmake((?:\s+-\S+)*)\s+([a-z][\w-]*)")
 MARKDOWN_LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")

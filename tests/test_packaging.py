@@ -119,3 +119,21 @@ def test_torch_comes_from_torch_index_when_it_is_set():
     assert "--index-url" not in make_commands("install-core")
     cpu_index = "https://download.pytorch.org/whl/cpu"
     assert f"pip install --index-url {cpu_index} torch==" in make_commands("install-core", f"TORCH_INDEX={cpu_index}")
+
+
+def test_no_build_output_goes_to_a_folder_named_build():
+    """A build/ folder at the root would shadow the `build` package (`python -m build` there fails):
+    setuptools, the Makefile's checks and the wheel check all write under .build/."""
+    code = (
+        "import runpy, setuptools\n"
+        "captured = {}\n"
+        "setuptools.setup = lambda **arguments: captured.update(arguments)\n"
+        "runpy.run_path('setup.py')\n"
+        "print(captured['options']['build']['build_base'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).parts[0] == ".build"
+    assert "CHECK_DIR := .build/" in (ROOT / "Makefile").read_text()
+    for text in ((ROOT / "Makefile").read_text(), (ROOT / "tools" / "wheel_check.py").read_text()):
+        assert not re.search(r"(?<![.\w])build/|\"build\" /", text)
