@@ -1,31 +1,43 @@
 # Developer and CI targets.
 #
-#   make demo             install, then run the self-check (python -m visionzip_kernels): every
-#                         backend checked against the reference and timed, on synthetic inputs.
+#   make demo             install-core, then run the self-check (python -m visionzip_kernels):
+#                         every backend checked against the reference and timed, on synthetic inputs.
 #   make test             install, then run the test suite and, beside it, compile-check the
 #                         CUDA and CMake builds and check the wheel (make wheel-check).
-#   make install          torch 2.13.0 if no torch is installed (never a second, CUDA build), the
-#                         other requirements, then the package itself, editable, without its
-#                         dependencies (so pip never resolves torch) and built against that torch.
+#   make install-core     torch 2.13.0 if no torch is installed (never a second, CUDA build; from
+#                         TORCH_INDEX when set), what the build needs (requirements-build.txt:
+#                         setuptools, wheel, ninja, numpy), then the package itself, editable,
+#                         without its dependencies (so pip never resolves torch), built against that torch.
+#   make install          install-core, then the development world (requirements.txt: pytest,
+#                         hypothesis, triton, transformers, pillow, matplotlib, build, pybind11).
+#   make publish-cpu-rows rerun, on the CPU and with --publish, every benchmark whose CPU rows are
+#                         committed (benchmarks/results/*_cpu.csv, onevision_pooling.csv), so that
+#                         they are what the scripts write today. Run it on a quiet machine: the
+#                         rows are the README's CPU numbers. Minutes.
 #   make wheel-check      build the wheel, install it alone into a fresh venv that reuses this
 #                         environment's torch and numpy (nothing from an index), and run the main
 #                         job from a folder outside the repository (tools/wheel_check.py).
-#   make cmake-check      build csrc/ with CMake (build/cmake/), as a C++ developer would.
+#   make cmake-check      build csrc/ with CMake (.build/cmake/), as a C++ developer would.
 #   make -j2 cuda-check   compile every csrc/*.cu with nvcc against torch's headers for each GPU
-#                         architecture the package targets (objects under build/cuda-check/), so a
+#                         architecture the package targets (objects under .build/cuda-check/), so a
 #                         syntax or type error in the CUDA kernels fails without a GPU. Without
 #                         nvcc it prints a notice and succeeds, unless CI=true.
 #
-# Variables: PYTHON (an interpreter with torch), NVCC, CUDA_ARCHS (compute capabilities; by default
+# Variables: PYTHON (an interpreter with torch), TORCH_INDEX (the index torch is installed from
+# when missing, e.g. https://download.pytorch.org/whl/cpu for the CPU build on Linux; empty: pip's
+# own index, or its cache), NVCC, CUDA_ARCHS (compute capabilities; by default
 # those of csrc/cuda_archs.txt, which setup.py and CMakeLists.txt read too), NVCC_THREADS
 # (architectures compiled in parallel per file).
 
 PYTHON ?= python
+TORCH_INDEX ?=
 NVCC ?= nvcc
 CUDA_ARCHS ?= $(shell sed -e 's/\#.*//' csrc/cuda_archs.txt)
 NVCC_THREADS ?= 2
 
-CHECK_DIR := build/cuda-check
+# Every build output lives under .build/: a root folder called "build" would shadow the
+# `build` package (python -m build).
+CHECK_DIR := .build/cuda-check
 CUDA_SOURCES := $(wildcard csrc/*.cu)
 CUDA_HEADERS := $(wildcard csrc/*.cuh csrc/*.h)
 CUDA_OBJECTS := $(patsubst csrc/%.cu,$(CHECK_DIR)/%.o,$(CUDA_SOURCES))
@@ -42,14 +54,18 @@ TORCH_FLAGS_SCRIPT := import sysconfig, torch, torch.utils.cpp_extension as ext;
 	print(" ".join(["-I" + d for d in dirs] + ext.COMMON_NVCC_FLAGS \
 	+ ["-D_GLIBCXX_USE_CXX11_ABI=%d" % torch._C._GLIBCXX_USE_CXX11_ABI]))
 
-.PHONY: install demo test build-checks unit-tests wheel-check cmake-check cuda-check cuda-check-objects FORCE
+.PHONY: install install-core demo test publish-cpu-rows build-checks unit-tests wheel-check cmake-check cuda-check cuda-check-objects FORCE
 
-install:
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -r requirements.txt
+install-core:
+	$(PYTHON) -c "import torch" 2>/dev/null || \
+		$(PYTHON) -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
+	$(PYTHON) -m pip install -r requirements-build.txt
 	$(PYTHON) -m pip install --no-build-isolation --no-deps -e .
 
-demo: install
+install: install-core
+	$(PYTHON) -m pip install -r requirements.txt
+
+demo: install-core
 	$(PYTHON) -m visionzip_kernels
 
 # The test suite runs mostly on one core, so the compile checks run beside it, one after another;
@@ -67,6 +83,16 @@ build-checks:
 	$(FRESH) $(MAKE) --no-print-directory $(VARIABLES) cuda-check cmake-check
 	$(FRESH) $(MAKE) --no-print-directory $(VARIABLES) wheel-check
 
+# CUDA_VISIBLE_DEVICES is empty: the scripts take the CPU even where a GPU is present.
+CPU_BENCH := env CUDA_VISIBLE_DEVICES= $(PYTHON) benchmarks
+
+publish-cpu-rows:
+	$(CPU_BENCH)/bench_zip_tokens.py --device cpu --batches 1 8 32 --publish
+	$(CPU_BENCH)/bench_attention_importance.py --device cpu --publish
+	$(CPU_BENCH)/bench_host_overhead.py --device cpu --publish
+	$(CPU_BENCH)/bench_varlen.py --publish
+	$(CPU_BENCH)/bench_onevision_pooling.py --publish
+
 unit-tests:
 	$(FRESH) $(PYTHON) -m pytest -q tests
 
@@ -75,8 +101,8 @@ wheel-check:
 
 cmake-check:
 	@if command -v cmake >/dev/null 2>&1; then \
-		cmake -S . -B build/cmake -DPython3_EXECUTABLE="$$(command -v $(PYTHON))" >/dev/null && \
-		cmake --build build/cmake -j2; \
+		cmake -S . -B .build/cmake -DPython3_EXECUTABLE="$$(command -v $(PYTHON))" >/dev/null && \
+		cmake --build .build/cmake -j2; \
 	elif [ "$(CI)" = "true" ]; then \
 		echo "cmake not found: the CMake build check cannot run (CI=true)" >&2; exit 1; \
 	else \

@@ -9,7 +9,8 @@ installed, so every build runs without build isolation:
 
 The CUDA extension is built when torch is a CUDA build and nvcc is found (a GPU need not be
 visible). VISIONZIP_BUILD_CUDA=1 forces it (and fails loudly if it cannot be built),
-VISIONZIP_BUILD_CUDA=0 skips it. The architectures are those of csrc/cuda_archs.txt.
+VISIONZIP_BUILD_CUDA=0 skips it, VISIONZIP_BUILD_CUDA=auto (or unset) decides as above; any other
+value stops the build with a message. The architectures are those of csrc/cuda_archs.txt.
 """
 import copy
 import glob
@@ -39,8 +40,17 @@ def cuda_archs() -> list[str]:
     return [f"{arch[:-1]}.{arch[-1]}" for arch in archs if arch]
 
 
+BUILD_CUDA_CHOICES = ("auto", "0", "1")  # VISIONZIP_BUILD_CUDA: decide, skip, insist
+
+
 def build_cuda() -> bool:
+    """Whether to build the CUDA extension, by VISIONZIP_BUILD_CUDA (unset: "auto")."""
     choice = os.environ.get("VISIONZIP_BUILD_CUDA", "auto")
+    if choice not in BUILD_CUDA_CHOICES:
+        sys.exit(
+            f"VISIONZIP_BUILD_CUDA={choice!r}: it must be 1 (build the CUDA extension or fail), "
+            "0 (skip it) or auto (build it when torch is a CUDA build and nvcc is found), or unset (auto)"
+        )
     possible = torch.version.cuda is not None and CUDA_HOME is not None
     if choice == "0":
         return False
@@ -91,6 +101,9 @@ if build_cuda():
     )
 
 setup(
+    # Build outputs under .build/, not build/: a build/ folder at the root would shadow the `build`
+    # package, so that `python -m build` there would fail.
+    options={"build": {"build_base": os.path.join(".build", "setuptools")}},
     ext_modules=extensions,
     cmdclass={"build_ext": BuildExtensionApart},
     install_requires=[torch_requirement(), "numpy"],

@@ -22,7 +22,7 @@ rows), wall-clock timing; peak memory is the
 largest total of tensor storages the call allocated that were alive at once (recorded op by op, in
 a separate call). Times are medians with p20/p80.
 
-Rows go to ``benchmarks/results/attention_importance_<device>.csv``; the (b)/(a) time and memory
+With ``--publish`` rows go to ``benchmarks/results/attention_importance_<device>.csv``; the (b)/(a) time and memory
 ratios and a table are printed last.
 
     python benchmarks/bench_attention_importance.py
@@ -43,7 +43,7 @@ from torch.utils._pytree import tree_leaves
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_environment import RESULTS_DIR, device_slug, environment, write_rows  # noqa: E402
+from run_environment import add_results_options, device_slug, environment, save_rows  # noqa: E402
 
 from visionzip_kernels import attention_importance  # noqa: E402
 from visionzip_kernels.integrations.encoder import has_cls_token, run_to_penultimate  # noqa: E402
@@ -201,7 +201,8 @@ def measure(geometry: Geometry, layers: int, batches, device, dtype, repeats: in
                 "n_tokens": captured[0].hidden.shape[1], "heads": geometry.heads, "head_dim": head_dim,
                 "layers": layers, "provider": provider, "attn_implementation": attn_implementation,
                 "median_ms": round(timing.median_ms, 4), "p20_ms": round(timing.p20_ms, 4),
-                "p80_ms": round(timing.p80_ms, 4), "peak_mib": round(peak_mib(fn, arg_sets[0], device), 2),
+                "p80_ms": round(timing.p80_ms, 4), "repeats": timing.repeats,
+                "peak_mib": round(peak_mib(fn, arg_sets[0], device), 2),
             })
         model.set_attn_implementation("sdpa")
         del captured, qk_sets, pixel_sets
@@ -221,7 +222,7 @@ def print_ratios(rows: list[dict]) -> None:
 
 def print_table(rows: list[dict]) -> None:
     print(f"\nattention_importance vs output_attentions on {rows[0]['device']} ({rows[0]['dtype']}); "
-          "peak = memory allocated by one call above weights and inputs")
+          f"median (p20-p80) of {rows[0]['repeats']} calls; peak = memory allocated by one call above weights and inputs")
     header = (f"{'model':18} {'layers':>6} {'B':>3} {'N':>4}  {'provider':21} {'median ms':>10} "
               f"{'p20-p80 ms':>21} {'peak MiB':>10}")
     print(header)
@@ -235,13 +236,16 @@ def print_table(rows: list[dict]) -> None:
 def main(argv=None) -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--models", nargs="+", choices=sorted(GEOMETRIES), default=sorted(GEOMETRIES))
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 5, 32] if cuda else [1])
+    parser.add_argument("--device", default="cuda" if cuda else "cpu", help="where to run (default: cuda if present, else cpu)")
+    parser.add_argument("--models", nargs="+", choices=sorted(GEOMETRIES), default=sorted(GEOMETRIES),
+                        help="encoder geometries (default: all)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 5, 32] if cuda else [1],
+                        help="images per call (default: 1 5 32 on a GPU, 1 on the CPU)")
     parser.add_argument("--layers", type=int, default=None,
                         help="encoder depth (default: the model's on a GPU, 4 on the CPU)")
-    parser.add_argument("--repeats", type=int, default=20 if cuda else 5)
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--repeats", type=int, default=20 if cuda else 5,
+                        help="timed calls per row (default: 20 on a GPU, 5 on the CPU)")
+    add_results_options(parser)
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -253,8 +257,7 @@ def main(argv=None) -> None:
             geometry = GEOMETRIES[name]
             layers = args.layers or (geometry.layers if device.type == "cuda" else CPU_LAYERS)
             rows += measure(geometry, layers, args.batches, device, dtype, args.repeats, env)
-    path = write_rows(args.results_dir / f"attention_importance_{device_slug(device)}.csv", rows)
-    print(f"wrote {len(rows)} rows to {path}")
+    save_rows(args.results_dir, f"attention_importance_{device_slug(device)}.csv", rows)
     print_ratios(rows)
     print_table(rows)
 

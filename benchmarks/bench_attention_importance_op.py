@@ -14,7 +14,7 @@ as replays of a CUDA graph of 20 calls (``graph``, launch overhead amortised); o
 float32 at batch 1, wall clock (``wall``). Calls rotate through enough input sets to outgrow the
 caches. Times are medians with p20/p80 over ``--repeats`` samples.
 
-Rows go to ``benchmarks/results/attention_importance_op_<device>.csv``; a table with each backend's
+With ``--publish`` rows go to ``benchmarks/results/attention_importance_op_<device>.csv``; a table with each backend's
 time next to the fastest is printed last.
 
     python benchmarks/bench_attention_importance_op.py
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_environment import RESULTS_DIR, device_slug, environment, write_rows  # noqa: E402
+from run_environment import add_results_options, device_slug, environment, save_rows  # noqa: E402
 
 from visionzip_kernels import attention_importance  # noqa: E402
 from visionzip_kernels.ops.attention_importance import available_backends  # noqa: E402
@@ -101,14 +101,14 @@ def measure(config: Config, batch: int, backends, device, dtype, repeats: int, e
                 "n_tokens": config.n_tokens, "heads": config.heads, "head_dim": config.head_dim,
                 "has_cls": config.has_cls, "lse_given": config.lse_given, "query": config.query, "provider": backend,
                 "timing": timing_mode, "median_ms": round(timing.median_ms, 5), "p20_ms": round(timing.p20_ms, 5),
-                "p80_ms": round(timing.p80_ms, 5),
+                "p80_ms": round(timing.p80_ms, 5), "repeats": timing.repeats,
             })
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
     print(f"\nattention_importance per backend on {rows[0]['device']} ({rows[0]['dtype']}): median us "
-          "(p20-p80), x = time / the fastest backend's in the same timing")
+          "(p20-p80) of {rows[0]['repeats']} calls, x = time / the fastest backend's in the same timing")
     header = f"{'model':18} {'query':15} {'B':>3} {'timing':7} {'provider':10} {'median us':>10} {'p20-p80 us':>19} {'x':>6}"
     print(header)
     print("-" * len(header))
@@ -126,13 +126,14 @@ def print_table(rows: list[dict]) -> None:
 def main(argv=None) -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--models", nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS))
+    parser.add_argument("--device", default="cuda" if cuda else "cpu", help="where to run (default: cuda if present, else cpu)")
+    parser.add_argument("--models", nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS),
+                        help="encoder geometries (default: all)")
     parser.add_argument("--batches", type=int, nargs="+", default=None, help="default: 1 5 32 on a GPU, 1 on the CPU")
     parser.add_argument("--backends", nargs="+", default=None,
                         help="default: every backend available on the device (on the CPU, Triton's interpreter left out)")
     parser.add_argument("--repeats", type=int, default=None, help="samples per row (default: 50 on a GPU, 5 on the CPU)")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    add_results_options(parser)
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -148,8 +149,7 @@ def main(argv=None) -> None:
             for config in CONFIGS[name]:
                 for batch in batches:
                     rows += measure(config, batch, backends, device, dtype, repeats, env)
-    path = write_rows(args.results_dir / f"attention_importance_op_{device_slug(device)}.csv", rows)
-    print(f"wrote {len(rows)} rows to {path}")
+    save_rows(args.results_dir, f"attention_importance_op_{device_slug(device)}.csv", rows)
     print_table(rows)
 
 

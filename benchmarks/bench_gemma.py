@@ -38,7 +38,6 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -56,7 +55,7 @@ from transformers import (
 from bench_qwen_vl import TTFT_POLICY, memory_fields
 from generate.models import twin
 from prefill.timing import TINY_POLICY, Timer, timing_fields
-from run_environment import RESULTS_DIR, device_slug, model_run_environment, write_and_report
+from run_environment import add_results_options, device_slug, model_run_environment, write_and_report
 from visionzip_kernels.integrations import apply_visionzip
 from visionzip_kernels.integrations.budget import Budget
 from visionzip_kernels.testing import gemma as tiny
@@ -237,7 +236,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true",
                         help="the tiny test models in float32 on the CPU (automatic without CUDA)")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the rows go")
+    add_results_options(parser)
     parser.add_argument("--models", help=f"comma-separated, of {sorted(GEOMETRIES)} (default: all)")
     parser.add_argument("--scenarios", help="comma-separated; each model runs those it has (default: all)")
     return parser.parse_args(argv)
@@ -272,9 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{elapsed:6.1f} s] {geometry.name} {scenario}", file=sys.stderr, flush=True)
                 rows += [{**env, **row} for row in scenario_rows(model, geometry, scenario, timer, device, dtype)]
         del model
-    suffix = "_tiny" if tiny_mode else ""
-    path = args.results_dir / f"gemma_{device_slug(device)}{suffix}.csv"
-    write_and_report(path, rows, table(rows), criteria(rows), tiny_mode)
+    write_and_report(args.results_dir, f"gemma_{device_slug(device)}{'_tiny' if tiny_mode else ''}.csv",
+                     rows, table(rows), None if tiny_mode else criteria(rows))
     return 0
 
 

@@ -14,7 +14,7 @@ Without CUDA, or with ``--tiny``, it runs toy models in float32 on the CPU (the 
 configuration through Dynamo only, ``backend="eager"``): this exercises the script (CI), and its
 rows are marked ``mode=tiny``: they are not claims.
 
-Rows go to ``benchmarks/results/generate_<device>.csv`` (merged with earlier runs by model and
+With ``--publish`` rows go to ``benchmarks/results/generate_<device>.csv`` (merged with earlier runs by model and
 batch), with a markdown table (``.md``) and a TTFT chart (``.png``, needs matplotlib).
 
     python benchmarks/bench_generate.py                                  # both models, batches 1 and 8
@@ -28,7 +28,6 @@ import gc
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
@@ -43,7 +42,7 @@ from prefill.geometry import paper_geometries, tiny_geometries
 from prefill.models import build_encoder
 from prefill.rows import FULL_SIZE, TINY, merge_rows, read_rows, write_rows
 from prefill.timing import RepetitionPolicy, Timer
-from run_environment import RESULTS_DIR, device_slug, model_run_environment
+from run_environment import add_results_options, device_slug, model_run_environment, results_folder
 
 MODELS = ("LLaVA-1.5-7B", "LLaVA-NeXT-7B")
 GPU_POLICY = RepetitionPolicy(warmup=3, min_reps=5, max_reps=15, target_ms=500.0, rounds=5)
@@ -54,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true",
                         help="toy models in float32 on the CPU (automatic without CUDA)")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where rows, table and chart go")
+    add_results_options(parser, "rows, table and chart")
     parser.add_argument("--models", help=f"comma-separated model names (default: {','.join(MODELS)})")
     parser.add_argument("--batches", help="comma-separated batch sizes (default: 1,8; tiny: 1,2)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {','.join(CONFIGS)}")
@@ -84,28 +83,28 @@ def main(argv: list[str] | None = None) -> int:
     env = model_run_environment(device, mode, dtype)
     torch.manual_seed(0)
 
-    stem = results_stem(args.results_dir, device_slug(device), mode)
-    csv_path = stem.with_suffix(".csv")
-    earlier_rows, new_rows = read_rows(csv_path), []
     started = time.perf_counter()
-    for geometry in geometries:
-        model = build_model(geometry, dtype, device)
-        eager_tower = build_encoder(geometry.encoder, "eager", dtype, device)
-        eager_tower.load_state_dict(model.model.vision_tower.state_dict())
-        processor = make_processor(geometry)
-        batches = [int(b) for b in args.batches.split(",")] if args.batches else geometry.batches
-        for batch in batches:
-            progress(f"[{time.perf_counter() - started:6.1f} s] {geometry.name} batch {batch}")
-            measurement = GenerateMeasurement(geometry, model, processor, eager_tower, batch, timer, dtype, options)
-            new_rows += [{**env, **row} for row in measurement.rows()]
-            del measurement
-            write_rows(csv_path, merge_rows(earlier_rows, new_rows), FIELDS)  # kept if a later step fails
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        del model, eager_tower
-
-    publish(csv_path, stem, render, write_chart, started)
+    with results_folder(args.results_dir) as folder:
+        stem = results_stem(folder, device_slug(device), mode)
+        csv_path = stem.with_suffix(".csv")
+        earlier_rows, new_rows = read_rows(csv_path), []
+        for geometry in geometries:
+            model = build_model(geometry, dtype, device)
+            eager_tower = build_encoder(geometry.encoder, "eager", dtype, device)
+            eager_tower.load_state_dict(model.model.vision_tower.state_dict())
+            processor = make_processor(geometry)
+            batches = [int(b) for b in args.batches.split(",")] if args.batches else geometry.batches
+            for batch in batches:
+                progress(f"[{time.perf_counter() - started:6.1f} s] {geometry.name} batch {batch}")
+                measurement = GenerateMeasurement(geometry, model, processor, eager_tower, batch, timer, dtype, options)
+                new_rows += [{**env, **row} for row in measurement.rows()]
+                del measurement
+                write_rows(csv_path, merge_rows(earlier_rows, new_rows), FIELDS)  # kept if a later step fails
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            del model, eager_tower
+        publish(csv_path, stem, render, write_chart, started, kept=args.results_dir is not None)
     return 0
 
 

@@ -14,7 +14,7 @@ above the floor each entry point lies, taken round by round against the floor of
 (so that the machine's drift between rounds cancels): the host time the entry point itself adds.
 One thread.
 
-    python benchmarks/bench_host_overhead.py            # rows to benchmarks/results/host_overhead_<device>.csv
+    python benchmarks/bench_host_overhead.py --publish  # rows to benchmarks/results/host_overhead_<device>.csv
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_environment import RESULTS_DIR, device_slug, environment, write_rows  # noqa: E402
+from run_environment import add_results_options, device_slug, environment, save_rows  # noqa: E402
 
 import visionzip_kernels as vz  # noqa: E402
 from visionzip_kernels.ops.attention_importance import op as attention_importance  # noqa: E402
@@ -106,10 +106,11 @@ def above_floor(samples: dict) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--rounds", type=int, default=41)
-    parser.add_argument("--calls", type=int, default=500)
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where to run (default: cuda if present, else cpu)")
+    parser.add_argument("--rounds", type=int, default=41, help="interleaved rounds over every entry point (default 41)")
+    parser.add_argument("--calls", type=int, default=500, help="calls per entry point and round (default 500)")
+    add_results_options(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     device = torch.device(args.device)
@@ -125,14 +126,13 @@ def main(argv=None) -> None:
          "calls_per_round": args.calls}
         for (op, entry), t in timings.items()
     ]
-    path = write_rows(args.results_dir / f"host_overhead_{device_slug(device)}.csv", rows)
+    save_rows(args.results_dir, f"host_overhead_{device_slug(device)}.csv", rows)
     print(f"{env['device']}; host microseconds per call, median [p20, p80] of {args.rounds} interleaved rounds; "
           "above the op's floor, round by round: median [p20, p80]")
     for row in rows:
         print(f"{row['op']:21} {row['entry_point']:45} {row['median_us']:8.2f} [{row['p20_us']:.2f}, "
               f"{row['p80_us']:.2f}]  +{row['over_floor_us']:.2f} [{row['over_floor_p20_us']:.2f}, "
               f"{row['over_floor_p80_us']:.2f}]")
-    print(f"rows: {path}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ Without CUDA, or with ``--tiny``, it runs a tiny random model (``visionzip_kerne
 onevision``) in float32 on the CPU in seconds: this exercises the script (CI), and its rows are
 marked ``mode=tiny``: they are not claims.
 
-Rows go to ``benchmarks/results/onevision_<device>.csv`` (``onevision_<device>_tiny.csv`` in tiny
+With ``--publish`` rows go to ``benchmarks/results/onevision_<device>.csv`` (``onevision_<device>_tiny.csv`` in tiny
 mode), and a markdown table is printed last.
 
     python benchmarks/bench_onevision.py                     # GPU: the 7B geometry
@@ -38,7 +38,6 @@ import argparse
 import gc
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,7 +52,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
     LlavaOnevisionImageProcessorPil,
 )
 
-from run_environment import RESULTS_DIR, device_slug, environment, write_rows
+from run_environment import add_results_options, device_slug, environment, save_rows
 from visionzip_kernels.integrations import apply_visionzip
 from visionzip_kernels.integrations.encoder import run_to_layer
 from visionzip_kernels.testing.onevision import make_images, tiny_config
@@ -305,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true",
                         help="tiny random model in float32 on the CPU (automatic without CUDA)")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the rows go")
+    add_results_options(parser)
     args = parser.parse_args(argv)
     setting = tiny_setting() if args.tiny or not torch.cuda.is_available() else gpu_setting()
 
@@ -316,8 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(environment(setting.device), transformers=transformers.__version__)
     rows = [dict(env, **row) for case in setting.cases for row in measure_case(model, case, setting, progress)]
     suffix = "_tiny" if setting.mode == "tiny" else ""
-    path = write_rows(args.results_dir / f"onevision_{device_slug(setting.device)}{suffix}.csv", rows)
-    progress(f"rows: {path}")
+    save_rows(args.results_dir, f"onevision_{device_slug(setting.device)}{suffix}.csv", rows)
     print(render(rows))
     return 0
 

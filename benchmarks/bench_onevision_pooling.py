@@ -16,7 +16,7 @@ of 4 and 8 frames, this counts for each choice:
   pooling; after it, the patches with a nonzero bilinear weight in the chosen pooled token);
 - language-model tokens per video: the features' rows (and the stock model's, for comparison).
 
-Runs on the CPU in seconds; rows go to ``benchmarks/results/onevision_pooling.csv`` (counts, not
+Runs on the CPU in seconds; with ``--publish`` rows go to ``benchmarks/results/onevision_pooling.csv`` (counts, not
 timings: they do not depend on the device).
 
     python benchmarks/bench_onevision_pooling.py [--results-dir DIR]
@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-from run_environment import RESULTS_DIR, environment, write_rows
+from run_environment import add_results_options, environment, save_rows
 
 from visionzip_kernels import attention_importance, zip_tokens
 from visionzip_kernels.integrations import apply_visionzip
@@ -118,7 +117,7 @@ def render(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the rows go")
+    add_results_options(parser)
     args = parser.parse_args(argv)
     env = environment(torch.device("cpu"))
     rows = [
@@ -127,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         for frames in FRAMES
         for row in measure(*geometry, frames)
     ]
-    path = write_rows(args.results_dir / "onevision_pooling.csv", rows)
-    print(f"rows: {path}", file=sys.stderr)
+    save_rows(args.results_dir, "onevision_pooling.csv", rows)
     print(render(rows))
     return 0
 

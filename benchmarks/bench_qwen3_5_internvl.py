@@ -38,7 +38,6 @@ import importlib.util
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import (
@@ -50,10 +49,10 @@ from transformers import (
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
 import bench_qwen_vl
-from bench_qwen_vl import BUDGETS, FULL, PACKAGE, PAD, TTFT_POLICY, left_padded, measured_rows, report, ttft_call
+from bench_qwen_vl import BUDGETS, FULL, PACKAGE, PAD, TTFT_POLICY, left_padded, measured_rows, ttft_call
 from generate.models import twin
 from prefill.timing import TINY_POLICY, Timer
-from run_environment import RESULTS_DIR, device_slug, model_run_environment
+from run_environment import add_results_options, device_slug, model_run_environment, write_and_report
 from visionzip_kernels.integrations import apply_visionzip
 from visionzip_kernels.integrations.internvl import tile_tokens
 
@@ -222,7 +221,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true",
                         help="toy geometries in float32 on the CPU (automatic without CUDA)")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the rows go")
+    add_results_options(parser)
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {MODELS}")
     return parser.parse_args(argv)
 
@@ -260,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    report(rows, args.results_dir / f"qwen3_5_internvl_{device_slug(device)}{'_tiny' if tiny else ''}.csv",
-           table(rows), None if tiny else criteria(rows))
+    write_and_report(args.results_dir, f"qwen3_5_internvl_{device_slug(device)}{'_tiny' if tiny else ''}.csv",
+                     rows, table(rows), None if tiny else criteria(rows))
     return 0
 
 

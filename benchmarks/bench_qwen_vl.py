@@ -27,7 +27,7 @@ FlashAttention-2 where ``flash_attn`` is installed, SDPA otherwise (a row says w
 Without CUDA, or with ``--tiny``, a toy geometry runs in float32 on the CPU in seconds: this
 exercises the script (CI); its rows are marked ``mode=tiny`` and are not claims.
 
-Rows go to ``benchmarks/results/qwen_vl_<device>.csv`` (``_tiny`` in tiny mode); the table is
+With ``--publish`` rows go to ``benchmarks/results/qwen_vl_<device>.csv`` (``_tiny`` in tiny mode); the table is
 printed last, with the issue's criteria (1 image: TTFT >= 1.2x at 0.65 + 0.05 and >= 1.4x at
 0.45 + 0.05, peak memory no higher than full tokens).
 
@@ -43,7 +43,6 @@ import importlib.util
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from unittest import mock
 
 import torch
@@ -52,7 +51,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 
 from generate.models import twin
 from prefill.timing import TINY_POLICY, RepetitionPolicy, Timer, timing_fields
-from run_environment import RESULTS_DIR, device_slug, model_run_environment, write_rows
+from run_environment import add_results_options, device_slug, model_run_environment, write_and_report
 from visionzip_kernels.integrations import apply_visionzip
 from visionzip_kernels.integrations import qwen_vl
 from visionzip_kernels.integrations.budget import Budget
@@ -297,7 +296,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true",
                         help="toy geometry in float32 on the CPU (automatic without CUDA)")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the rows go")
+    add_results_options(parser)
     parser.add_argument("--scenarios", help=f"comma-separated, of {sorted(TINY.scenarios)} (default: all)")
     return parser.parse_args(argv)
 
@@ -330,22 +329,9 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = time.perf_counter() - started
             print(f"[{elapsed:6.1f} s] {geometry.name} {scenario}", file=sys.stderr, flush=True)
             rows += [{**env, **row} for row in scenario_rows(model, geometry, scenario, timer, device, dtype)]
-    report(rows, args.results_dir / f"qwen_vl_{device_slug(device)}{'_tiny' if tiny else ''}.csv",
-           table(rows), None if tiny else criteria(rows))
+    write_and_report(args.results_dir, f"qwen_vl_{device_slug(device)}{'_tiny' if tiny else ''}.csv",
+                     rows, table(rows), None if tiny else criteria(rows))
     return 0
-
-
-def report(rows: list[dict], path: Path, rendered_table: str, verdicts: list[str] | None) -> None:
-    """Write ``rows`` (the union of their fields) to ``path``, print the table, then the criteria's
-    lines (``None`` in tiny mode, which gives no verdict)."""
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    write_rows(path, [{field: row.get(field, "") for field in fields} for row in rows])
-    print(f"wrote {path}", file=sys.stderr)
-    print(rendered_table)
-    if verdicts is None:
-        print("tiny mode: toy sizes on a CPU, no verdict; the criteria need the full-size run on a GPU")
-    else:
-        print("\n".join(verdicts))
 
 
 if __name__ == "__main__":

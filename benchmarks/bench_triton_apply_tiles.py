@@ -7,7 +7,7 @@ give the same tokens up to the merge sums' float32 rounding; only time moves. On
 timed as CUDA-graph replays, and the bytes the apply must move (``hidden`` once, the roles, the
 output) over the median time are given as a fraction of the measured device-to-device copy
 bandwidth. On a CPU the kernels run under Triton's interpreter at a small batch: that checks the
-script, it times nothing of interest. Rows go to
+script, it times nothing of interest. With ``--publish`` rows go to
 ``benchmarks/results/triton_apply_tiles_<device>.csv``; a table is printed last.
 
     python benchmarks/bench_triton_apply_tiles.py                # defaults for the device present
@@ -28,7 +28,7 @@ if not torch.cuda.is_available():
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_zip_tokens import K_CTX, K_DOM, MODELS, make_inputs  # noqa: E402
-from run_environment import RESULTS_DIR, device_slug, environment, write_rows  # noqa: E402
+from run_environment import add_results_options, device_slug, environment, save_rows, write_rows  # noqa: E402
 
 from visionzip_kernels.ops.zip_tokens.triton import launch_apply, launch_config, launch_plan  # noqa: E402
 from visionzip_kernels.testing.timing import copy_bandwidth_gbps, time_calls  # noqa: E402
@@ -42,7 +42,9 @@ def apply_bytes(batch: int, n_tokens: int, width: int, size: int) -> int:
     return batch * (n_tokens * width * size + n_tokens * 4 + (K_DOM + K_CTX) * width * size)
 
 
-def run(device: torch.device, batches, results_dir: Path) -> list[dict]:
+def run(device: torch.device, batches, results_dir: Path | None) -> list[dict]:
+    """Time the chosen tiles and every variant at each batch; with a ``results_dir`` the rows are
+    rewritten after each batch, so that a run stopped by a time limit keeps what it measured."""
     geometry = MODELS["clip-l-336"]
     env = environment(device)
     bandwidth = copy_bandwidth_gbps(device) if device.type == "cuda" else None
@@ -66,16 +68,19 @@ def run(device: torch.device, batches, results_dir: Path) -> list[dict]:
                 **env, "batch": batch, "tiles": name, "block_c": config.block_c, "block_j": config.block_j,
                 "apply_stages": config.apply_stages, "apply_warps": config.apply_warps,
                 "median_ms": round(timing.median_ms, 5), "p20_ms": round(timing.p20_ms, 5),
-                "p80_ms": round(timing.p80_ms, 5), "bytes_moved": moved, "achieved_gbps": round(achieved, 2),
+                "p80_ms": round(timing.p80_ms, 5), "repeats": timing.repeats, "bytes_moved": moved,
+                "achieved_gbps": round(achieved, 2),
                 "copy_bandwidth_gbps": round(bandwidth, 1) if bandwidth else "",
                 "fraction_of_copy_bw": round(achieved / bandwidth, 3) if bandwidth else "",
             })
-        write_rows(results_dir / f"triton_apply_tiles_{device_slug(device)}.csv", rows)
+        if results_dir is not None:
+            write_rows(results_dir / f"triton_apply_tiles_{device_slug(device)}.csv", rows)
+    save_rows(results_dir, f"triton_apply_tiles_{device_slug(device)}.csv", rows)
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\nTriton apply_kernel alone on {rows[0]['device']}, CLIP-L/336 bf16 {K_DOM}+{K_CTX}; median us (p20-p80)")
+    print(f"\nTriton apply_kernel alone on {rows[0]['device']}, CLIP-L/336 bf16 {K_DOM}+{K_CTX}; median us (p20-p80) of {rows[0]['repeats']} calls")
     header = f"{'B':>4}  {'tiles':18} {'median us':>10} {'p20-p80 us':>17} {'GB/s':>8} {'copy bw':>7}"
     print(header)
     print("-" * len(header))
@@ -88,9 +93,10 @@ def print_table(rows: list[dict]) -> None:
 def main(argv=None) -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 256] if cuda else [1])
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--device", default="cuda" if cuda else "cpu", help="where to run (default: cuda if present, else cpu)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 256] if cuda else [1],
+                        help="images per call (default: 1 8 256 on a GPU, 1 on the CPU)")
+    add_results_options(parser)
     args = parser.parse_args(argv)
     print_table(run(torch.device(args.device), args.batches, args.results_dir))
 

@@ -15,7 +15,7 @@ events; peak memory is ``torch.cuda.max_memory_allocated`` during one call minus
 allocated before. On the CPU, so that the run takes a minute: float32, 448x448-class images,
 5 timed calls, wall clock, no memory column. Times are medians with p20/p80.
 
-Rows go to ``benchmarks/results/varlen_<device>.csv``; a table is printed last.
+With ``--publish`` rows go to ``benchmarks/results/varlen_<device>.csv``; a table is printed last.
 
     python benchmarks/bench_varlen.py
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_environment import RESULTS_DIR, device_slug, environment, write_rows  # noqa: E402
+from run_environment import add_results_options, device_slug, environment, save_rows  # noqa: E402
 
 import visionzip_kernels as vz  # noqa: E402
 from visionzip_kernels.ops.attention_importance_varlen import available_backends as importance_backends  # noqa: E402
@@ -55,7 +55,8 @@ def dense_published(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 def measure(fn, args, device: torch.device, repeats: int) -> dict:
     timing = time_calls(fn, [args], device, warmup=3 if device.type == "cuda" else 1, repeats=repeats)
-    row = {"median_ms": timing.median_ms, "p20_ms": timing.p20_ms, "p80_ms": timing.p80_ms, "peak_mib": ""}
+    row = {"median_ms": timing.median_ms, "p20_ms": timing.p20_ms, "p80_ms": timing.p80_ms, "repeats": timing.repeats,
+           "peak_mib": ""}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
@@ -100,12 +101,13 @@ def run(device: torch.device, batches: dict, dtype: torch.dtype, repeats: int) -
                    "provider": provider}
             row.update(measure(fn, args, device, repeats))
             rows.append(row)
-            print(f"{batch_name:10} {provider:38} {row['median_ms']:9.3f} ms  {row['peak_mib']}", flush=True)
+            print(f"{batch_name:10} {provider:38} {row['median_ms']:9.3f} ms ({row['p20_ms']:.3f}-{row['p80_ms']:.3f}, "
+                  f"{row['repeats']} calls)  {row['peak_mib']}", flush=True)
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\nvarlen ops on {rows[0]['device']} ({rows[0]['dtype']})")
+    print(f"\nvarlen ops on {rows[0]['device']} ({rows[0]['dtype']}); median, p20, p80 of {rows[0]['repeats']} calls")
     header = f"{'batch':10} {'shape':22} {'provider':38} {'median ms':>10} {'p20':>9} {'p80':>9} {'peak MiB':>9}"
     print(header)
     print("-" * len(header))
@@ -116,15 +118,14 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    add_results_options(parser)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         rows = run(device, GPU_BATCHES, torch.bfloat16, repeats=20)
     else:
         rows = run(device, CPU_BATCHES, torch.float32, repeats=5)
-    path = write_rows(args.results_dir / f"varlen_{device_slug(device)}.csv", rows)
-    print(f"wrote {len(rows)} rows to {path}")
+    save_rows(args.results_dir, f"varlen_{device_slug(device)}.csv", rows)
     print_table(rows)
 
 

@@ -15,7 +15,7 @@ the median time are given as a fraction of the measured device-to-device copy ba
 fused backends the profiler also times each kernel the op launches (median device time per call,
 eager launches): `plan_ms` sums the kernels that decide the indices, `apply_ms` is the kernel that
 writes the tokens, and `kernels` lists them all by name.
-Rows go to `benchmarks/results/zip_tokens_<device>.csv`; a table is printed last.
+With `--publish` rows go to `benchmarks/results/zip_tokens_<device>.csv`; a table is printed last.
 
     python benchmarks/bench_zip_tokens.py                # defaults for the device present
     python benchmarks/bench_zip_tokens.py --models clip-l-336 --batches 1 256 --dtypes bfloat16 --layouts rows
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_environment import RESULTS_DIR, device_slug, environment, write_rows  # noqa: E402
+from run_environment import add_results_options, device_slug, environment, save_rows, write_rows  # noqa: E402
 
 import visionzip_kernels as vz  # noqa: E402
 from visionzip_kernels.testing.published import published_zip_tokens  # noqa: E402
@@ -127,12 +127,12 @@ def kernel_columns(times: dict[str, float] | None) -> dict:
     return {"plan_ms": round(plan, 5), "apply_ms": round(apply, 5), "kernels": listed}
 
 
-def run(device: torch.device, models, batches, dtypes, layouts, results_dir: Path) -> list[dict]:
-    """Time every provider on every case; the rows are rewritten to the results file after each case,
-    so that a run stopped by a time limit keeps what it measured."""
+def run(device: torch.device, models, batches, dtypes, layouts, results_dir: Path | None) -> list[dict]:
+    """Time every provider on every case; with a ``results_dir`` the rows are rewritten to the results
+    file after each case, so that a run stopped by a time limit keeps what it measured."""
     env = environment(device)
     bandwidth = copy_bandwidth_gbps(device) if device.type == "cuda" else None
-    path = results_dir / f"zip_tokens_{device_slug(device)}.csv"
+    name = f"zip_tokens_{device_slug(device)}.csv"
     rows = []
     for model in models:
         geometry = MODELS[model]
@@ -167,19 +167,22 @@ def run(device: torch.device, models, batches, dtypes, layouts, results_dir: Pat
                                 "width": geometry.width, "heads": geometry.heads, "head_dim": geometry.head_dim,
                                 "has_cls": geometry.has_cls, "k_dom": K_DOM, "k_ctx": K_CTX,
                                 "median_ms": round(timing.median_ms, 5), "p20_ms": round(timing.p20_ms, 5),
-                                "p80_ms": round(timing.p80_ms, 5), **kernels, "bytes_moved": moved,
+                                "p80_ms": round(timing.p80_ms, 5), "repeats": timing.repeats, **kernels,
+                                "bytes_moved": moved,
                                 "achieved_gbps": round(achieved, 2),
                                 "copy_bandwidth_gbps": round(bandwidth, 1) if bandwidth else "",
                                 "fraction_of_copy_bw": round(achieved / bandwidth, 3) if bandwidth else "",
                             })
                     del arg_sets, one_set
-                    write_rows(path, rows)
-    print(f"wrote {len(rows)} rows to {path}")
+                    if results_dir is not None:
+                        write_rows(results_dir / name, rows)
+    save_rows(results_dir, name, rows)
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\nzip_tokens on {rows[0]['device']}, {K_DOM}+{K_CTX}; median ms (p20-p80); x = speed-up over "
+    print(f"\nzip_tokens on {rows[0]['device']}, {K_DOM}+{K_CTX}; median ms (p20-p80) of {rows[0]['repeats']} calls; "
+          "x = speed-up over "
           "published (CLIP only); plan/apply = the kernels' own device times, us per call")
     header = (f"{'model':10} {'dtype':8} {'attn':4} {'B':>4}  {'provider':9} {'timing':6} {'median ms':>9} "
               f"{'p20-p80':>17} {'x':>6} {'copy bw':>7} {'plan/apply us':>14}")
@@ -199,13 +202,17 @@ def print_table(rows: list[dict]) -> None:
 def main(argv=None) -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 5, 8, 32, 256] if cuda else [1, 8])
+    parser.add_argument("--device", default="cuda" if cuda else "cpu", help="where to run (default: cuda if present, else cpu)")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS),
+                        help="encoder geometries (default: all)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 5, 8, 32, 256] if cuda else [1, 8],
+                        help="images per call (default: 1 5 8 32 256 on a GPU, 1 8 on the CPU)")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES),
-                        default=["bfloat16", "float16", "float32"] if cuda else ["float32", "bfloat16"])
-    parser.add_argument("--layouts", nargs="+", choices=["full", "rows"], default=["full", "rows"])
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+                        default=["bfloat16", "float16", "float32"] if cuda else ["float32", "bfloat16"],
+                        help="dtypes of hidden, attn and keys (default: all three on a GPU, float32 bfloat16 on the CPU)")
+    parser.add_argument("--layouts", nargs="+", choices=["full", "rows"], default=["full", "rows"],
+                        help="attn as the full [B, H, N, N] map or the CLS rows [B, H, N] (default: both)")
+    add_results_options(parser)
     args = parser.parse_args(argv)
     rows = run(torch.device(args.device), args.models, args.batches, args.dtypes, args.layouts, args.results_dir)
     print_table(rows)

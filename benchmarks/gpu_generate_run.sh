@@ -18,12 +18,12 @@ echo "build rc=$?"; tail -2 "$OUT/build.log"
 step cuda-tests
 timeout "$(left 90)" python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_graphs.py tests/test_encoder.py 2>&1 | tail -15
 step generate-next-b1
-timeout "$(left 240)" python3 benchmarks/bench_generate.py --models LLaVA-NeXT-7B --batches 1 2>&1 | tail -25
+timeout "$(left 240)" python3 benchmarks/bench_generate.py --publish --models LLaVA-NeXT-7B --batches 1 2>&1 | tail -25
 step generate-llava-b1
-timeout "$(left 120)" python3 benchmarks/bench_generate.py --models LLaVA-1.5-7B --batches 1 2>&1 | tail -8
+timeout "$(left 120)" python3 benchmarks/bench_generate.py --publish --models LLaVA-1.5-7B --batches 1 2>&1 | tail -8
 step generate-b8
-timeout "$(left 150)" python3 benchmarks/bench_generate.py --batches 8 2>&1 | tail -8
+timeout "$(left 150)" python3 benchmarks/bench_generate.py --publish --batches 8 2>&1 | tail -8
 step prefill-next-b1
-timeout "$(left 120)" python3 benchmarks/bench_prefill.py --models LLaVA-NeXT-7B --batches 1 2>&1 | tail -20
+timeout "$(left 120)" python3 benchmarks/bench_prefill.py --publish --models LLaVA-NeXT-7B --batches 1 2>&1 | tail -20
 step pack
 cp benchmarks/results/generate_* benchmarks/results/prefill_* "$OUT"/ 2>/dev/null; ls "$OUT"

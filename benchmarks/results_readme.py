@@ -1,9 +1,11 @@
-"""Prints the README's "Results" section (markdown) from the committed prefill rows.
+"""Prints the README's prefill results (markdown) from the committed prefill rows.
 
 Reads every ``benchmarks/results/prefill_*.csv`` written by ``bench_prefill.py`` and sets, per
-device, the measured LM-prefill and time-to-first-token ratios beside the paper's numbers. Rows
-of the CPU smoke-test mode (``mode=tiny``) are left out, or with ``--include-tiny`` shown under a
-heading that says they are not claims. Needs neither torch nor a GPU.
+device, the time to first token of full tokens, the published VisionZip and this package, eager and
+as a CUDA-graph replay, beside the paper's numbers. README.md holds this output verbatim between
+the ``<!-- prefill results -->`` markers (a test compares them). Rows of the CPU smoke-test mode
+(``mode=tiny``) are left out, or with ``--include-tiny`` shown under a heading that says they are
+not claims. Needs neither torch nor a GPU.
 
     python benchmarks/results_readme.py > /tmp/results.md
 """
@@ -14,13 +16,13 @@ import sys
 from pathlib import Path
 
 from prefill.paper import CLAIM_FASTER_MODEL, CLAIM_SLOWER_MODEL, PAPER, PAPER_DEVICE, PAPER_PREFILL
-from prefill.report import PipelineResult, RowIndex, claim_lines, format_ms, format_ratio
-from prefill.rows import FULL, PACKAGE, PUBLISHED, TINY, read_rows
+from prefill.report import PipelineResult, RowIndex, claim_lines, format_ratio
+from prefill.rows import FULL, PACKAGE, PUBLISHED, TINY, TTFT, read_rows
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HEADER = (
-    "| model | batch | visual tokens | LM prefill ms: full -> visionzip_kernels | LM x "
-    "| TTFT ms: full / published / visionzip_kernels | TTFT x | TTFT x vs published | Amdahl bound | paper |"
+    "| model | batch | visual tokens | TTFT ms, eager (graph): full / published / visionzip_kernels "
+    "| visionzip_kernels vs full: eager (graph) | vs published, eager | paper |"
 )
 
 
@@ -34,18 +36,31 @@ def paper_cell(model: str, batch: int, budget: int) -> str:
     return ""
 
 
+def graph_ttft(index: RowIndex, result: PipelineResult) -> float | None:
+    """The CUDA-graph replay's TTFT of ``result``'s pipeline, where one was timed."""
+    model, batch, pipeline, budget = result.key
+    return index.ms(model, batch, pipeline, budget, TTFT, "yes")
+
+
+def ratio_cell(index: RowIndex, full: PipelineResult, package: PipelineResult) -> str:
+    eager = format_ratio(full.ttft, package.ttft)
+    graph = format_ratio(graph_ttft(index, full), graph_ttft(index, package))
+    return eager if graph == "-" else f"{eager} ({graph})"
+
+
 def device_section(rows: list[dict[str, str]]) -> list[str]:
     """One device's table: per model, batch and budget, full vs published vs this package."""
     index = RowIndex(rows)
     first = rows[0]
-    heading = f"### {first['device']}"
+    heading = f"#### Prefill on {first['device']}"
     if first["mode"] == TINY:
         heading += " - tiny mode: toy geometries in float32, run to exercise the benchmark; not claims"
     commits = ", ".join(sorted({row["commit"] for row in rows}))
+    dates = sorted({row["timestamp"][:10] for row in rows})
     lines = [
         heading, "",
         f"{first['dtype']}, torch {first['torch']}, triton {first['triton']}, transformers "
-        f"{first['transformers']}, CUDA {first['cuda']}; commit {commits}.", "",
+        f"{first['transformers']}, CUDA {first['cuda']}; commit {commits}, {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}.", "",
         HEADER, "|" + "---|" * (HEADER.count("|") - 1),
     ]
     for model in index.models():
@@ -56,12 +71,9 @@ def device_section(rows: list[dict[str, str]]) -> list[str]:
                 package = PipelineResult(index, model, batch, PACKAGE, str(budget))
                 cells = [
                     model, batch, f"{full.key[3]} -> {budget}",
-                    f"{format_ms(full.stages['lm_prefill'])} -> {format_ms(package.stages['lm_prefill'])}",
-                    format_ratio(full.stages["lm_prefill"], package.stages["lm_prefill"]),
-                    f"{format_ms(full.ttft)} / {format_ms(published.ttft)} / {format_ms(package.ttft)}",
-                    format_ratio(full.ttft, package.ttft),
+                    f"{full.cell(TTFT)} / {published.cell(TTFT)} / {package.cell(TTFT)}",
+                    ratio_cell(index, full, package),
                     format_ratio(published.ttft, package.ttft),
-                    format_ratio(full.stage_sum, package.encoder),
                     paper_cell(model, batch, budget),
                 ]
                 lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
@@ -79,23 +91,23 @@ def render(rows: list[dict[str, str]], include_tiny: bool) -> str:
     tiny_rows = [row for row in rows if row["mode"] == TINY]
     shown = rows if include_tiny else [row for row in rows if row["mode"] != TINY]
     lines = [
-        "## Results", "",
         "End-to-end prefill, `benchmarks/bench_prefill.py`: LLaVA-1.5 (576 visual tokens) and "
-        "LLaVA-NeXT (5 crops, 2880) geometries with random weights, pixels to the first token. "
-        "Three pipelines side by side: every token (full), the published VisionZip code "
-        "(eager attention in every layer, `output_attentions=True`), and this package "
-        "(SDPA encoder to the penultimate layer, `attention_importance`, fused `zip_tokens`). "
-        "Medians; x = full (or published) / visionzip_kernels; Amdahl bound = full end-to-end / "
-        "encoder time, the most any budget can give. Stage breakdowns, peak memory and CUDA-graph "
-        "timings: `benchmarks/results/prefill_<device>.md`.", "",
+        "LLaVA-NeXT (5 crops, 2880) geometries with random weights, time to first token (TTFT), "
+        "pixels to the first token. Three pipelines side by side: every token (full), the published "
+        "VisionZip code (eager attention in every layer, `output_attentions=True`; it synchronises "
+        "the host, so no CUDA graph can capture it), and this package (SDPA encoder to the "
+        "penultimate layer, `attention_importance`, fused `zip_tokens`). Medians of interleaved "
+        "rounds, eager and, in parentheses, replayed as a CUDA graph; p20/p80 and repeats in the "
+        "rows; x = full (or published) / visionzip_kernels. Stage breakdowns and peak memory: "
+        "`benchmarks/results/prefill_<device>.md`.", "",
         f"Paper ({PAPER}, {PAPER_DEVICE}): LLaVA-NeXT-7B prefill 218 ms at 2880 visual tokens, "
         f"27.8 ms at 160 (7.8x); {CLAIM_FASTER_MODEL} at 160 tokens faster than "
         f"{CLAIM_SLOWER_MODEL} at 2880.", "",
     ]
     if not shown:
         lines += [
-            "No GPU measurement is committed yet: run `python benchmarks/bench_prefill.py` on a CUDA "
-            "GPU and commit `benchmarks/results/prefill_<device>.*`.", "",
+            "No GPU measurement is committed yet: run `python benchmarks/bench_prefill.py --publish` "
+            "on a CUDA GPU and commit `benchmarks/results/prefill_<device>.*`.", "",
         ]
     groups = {}
     for row in shown:
@@ -109,7 +121,8 @@ def render(rows: list[dict[str, str]], include_tiny: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="where the prefill rows are read (default: benchmarks/results/)")
     parser.add_argument("--include-tiny", action="store_true", help="show tiny-mode rows, labelled as not claims")
     args = parser.parse_args(argv)
     rows = [row for path in sorted(args.results_dir.glob("prefill_*.csv")) for row in read_rows(path)]

@@ -48,8 +48,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--contextual", type=int, default=10, help="merged tokens per image (per crop)"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default 128)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs (default: cuda if present, else cpu)")
     parser.add_argument(
         "--dtype",
         choices=sorted(DTYPES),

@@ -21,6 +21,7 @@ sys.path.insert(0, str(BENCHMARKS))
 from prefill.geometry import tiny_geometries  # noqa: E402
 from prefill.models import build_models  # noqa: E402
 from prefill.pipelines import encoder_stage, run_chain, zip_stage  # noqa: E402
+from prefill.rows import read_rows  # noqa: E402
 from prefill.timing import TINY_POLICY  # noqa: E402
 
 PIPELINES = {"full", "published", "visionzip_kernels"}
@@ -116,7 +117,7 @@ def test_table_and_chart_are_written(tiny_run):
 def test_results_section_keeps_tiny_rows_out_of_claims(tiny_run):
     results_dir, _, _, _ = tiny_run
     default = run_script("results_readme.py", "--results-dir", str(results_dir)).stdout
-    assert "## Results" in default
+    assert "End-to-end prefill" in default
     assert "No GPU measurement is committed yet" in default
     assert "tiny-mode rows" in default and "### " not in default
     labelled = run_script("results_readme.py", "--results-dir", str(results_dir), "--include-tiny").stdout
@@ -144,3 +145,31 @@ def test_pipelines_compare_one_computation():
             expected_shape = (2 * geometry.crops, budget.k_dom + budget.k_ctx, geometry.encoder.width)
             assert tokens["visionzip_kernels"].shape == expected_shape
             torch.testing.assert_close(tokens["visionzip_kernels"], tokens["published"], rtol=1e-5, atol=1e-5)
+
+
+def test_the_committed_reports_are_what_the_script_writes_from_the_committed_rows(tmp_path):
+    """``--report-only`` rewrites the table and the chart from the rows alone; the committed table
+    is exactly what it writes today (the chart, a PNG, is only checked to be written)."""
+    import bench_prefill
+
+    committed = sorted((BENCHMARKS / "results").glob("prefill_*.csv"))
+    assert committed
+    for csv_path in committed:
+        (tmp_path / csv_path.name).write_bytes(csv_path.read_bytes())
+    assert bench_prefill.main(["--report-only", "--results-dir", str(tmp_path)]) == 0
+    for csv_path in committed:
+        written = tmp_path / csv_path.with_suffix(".md").name
+        assert written.read_text() == csv_path.with_suffix(".md").read_text(), csv_path.name
+        assert tmp_path.joinpath(csv_path.with_suffix(".png").name).stat().st_size > 0
+    with pytest.raises(SystemExit):
+        bench_prefill.main(["--report-only"])  # no rows to read
+
+
+def test_the_readme_holds_the_results_script_output_from_the_committed_rows():
+    import results_readme
+
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("<!-- prefill results: python benchmarks/results_readme.py -->\n")
+    block = readme[readme.index("\n", start) + 1: readme.index("<!-- end of the prefill results -->")]
+    rows = [row for path in sorted((BENCHMARKS / "results").glob("prefill_*.csv")) for row in read_rows(path)]
+    assert block.strip() == results_readme.render(rows, include_tiny=False).strip()

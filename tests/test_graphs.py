@@ -218,6 +218,9 @@ def test_graph_options_are_checked():
     model = make_llava()
     with pytest.raises(ValueError, match="`graph_cache_size` must be >= 1"):
         apply_visionzip(model, cuda_graphs=True, graph_cache_size=0)
+    for size in (0, -3):  # checked whether or not cuda_graphs is on
+        with pytest.raises(ValueError, match="`graph_cache_size` must be >= 1"):
+            apply_visionzip(model, graph_cache_size=size)
     with pytest.raises(TypeError, match="`cuda_graphs` must be a bool"):
         apply_visionzip(model, cuda_graphs="yes")
     with pytest.raises(TypeError, match="`graph_cache_size` must be an int"):

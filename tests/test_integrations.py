@@ -482,6 +482,27 @@ def test_budgets_the_encoder_cannot_meet_are_refused(dominant, contextual, messa
     assert "get_image_features" not in vars(model.model)
 
 
+def test_a_fraction_on_a_llava_model_names_the_qwen_unit_and_the_count():
+    model = make_llava()
+    with pytest.raises(TypeError, match=r"Qwen2.5-VL and Qwen3-VL unit.* 17 tokens per image: dominant=0.5 of them is dominant=8"):
+        apply_visionzip(model, dominant=0.5)
+    with pytest.raises(TypeError, match=r"`contextual` must be an int.*contextual=0.25 of them is contextual=4"):
+        apply_visionzip(model, contextual=0.25)
+    assert "get_image_features" not in vars(model.model)
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next"])
+def test_a_prompt_for_the_full_token_count_names_the_processor(family):
+    """apply_visionzip without the processor, then the stock processor's prompt: the error says
+    what VisionZip changed and that the processor writes the reduced count."""
+    model = make_llava() if family == "llava" else make_llava_next()
+    processor = make_llava_processor() if family == "llava" else make_llava_next_processor()
+    with apply_visionzip(model, dominant=DOMINANT, contextual=CONTEXTUAL):
+        with pytest.raises(ValueError, match=r"VisionZip: .* dominant \+ contextual = 8 tokens.*apply_visionzip\(model, processor"):
+            model.generate(**make_inputs(processor, "1-image"), **GENERATE)
+    assert "get_placeholder_mask" not in vars(model.model)
+
+
 def test_a_siglip_budget_counts_no_cls_token():
     model = SiglipVisionModel(vision_config("siglip"))
     with pytest.raises(ValueError, match="more than the 16 tokens"):

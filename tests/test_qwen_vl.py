@@ -389,6 +389,8 @@ def test_bad_budgets_and_processors_are_refused(family):
         apply_visionzip(model, processor, contextual=1.5)
     with pytest.raises(ValueError, match="at least one token"):
         apply_visionzip(model, processor, dominant=0, contextual=0)
+    with pytest.raises(ValueError, match=r"1000000 \+ 0.05 is more than the largest image `processor` makes"):
+        apply_visionzip(model, processor, dominant=10**6)
     with pytest.raises(ValueError, match="backend"):
         apply_visionzip(model, processor, backend="nonexistent")
     other = make_processor("qwen3_vl" if family == "qwen2_5_vl" else "qwen2_5_vl")

@@ -1,10 +1,10 @@
 """The wheel round trip that CI runs (`make wheel-check`): build, inspect, install alone, run elsewhere.
 
 1. Builds the wheel with `python -m build --wheel --no-isolation` (against this environment's torch)
-   into build/wheel-check/dist.
+   into .build/wheel-check/dist.
 2. Inspects it: every module of the source package is in it, its compiled extensions carry no
    symbol table or debug sections, its metadata names torch, numpy and the extras.
-3. Creates a fresh venv (build/wheel-check/venv, without pip, so without a setuptools of its own)
+3. Creates a fresh venv (.build/wheel-check/venv, without pip, so without a setuptools of its own)
    that sees nothing of this environment but the installed distributions the wheel depends on
    (torch and numpy, with their own dependencies, linked into one folder that a .pth file puts on
    the venv's path), and installs the wheel into it with this environment's pip,
@@ -29,7 +29,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "build" / "wheel-check"
+WORK = ROOT / ".build" / "wheel-check"
 PACKAGE = "visionzip_kernels"
 EXTRAS = {"triton", "transformers", "test"}
 

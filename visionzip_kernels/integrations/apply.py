@@ -33,6 +33,7 @@ from .processor import (
     patch_llava_next_processor,
     patch_llava_onevision_processor,
     patch_llava_processor,
+    patch_placeholder_check,
 )
 from .qwen2_5_vl import QWEN2_5_VL
 from .qwen3_5 import QWEN3_5, QWEN3_5_MOE
@@ -134,9 +135,10 @@ def apply_visionzip(
     Returns a ``VisionZipHandle``; ``handle.remove()`` (or leaving ``with apply_visionzip(...):``)
     restores the model and the processor exactly.
 
-    Raises ``TypeError`` for an unsupported model, vision tower or processor, ``ValueError`` for a
-    budget the encoder cannot meet (``dominant < 1``, ``contextual < 0``, or more tokens than the
-    encoder produces), a ``vision_feature_layer`` other than the penultimate layer (for
+    Raises ``TypeError`` for an unsupported model, vision tower or processor, or a fraction as a
+    LLaVA, CLIP or SigLIP budget; ``ValueError`` for a budget the encoder cannot meet
+    (``dominant < 1``, ``contextual < 0``, more tokens than the encoder produces, or than the
+    largest image a Qwen-VL processor makes), a ``vision_feature_layer`` other than the penultimate layer (for
     LLaVA-OneVision: other than one encoder layer's output), a ``graph_cache_size`` below 1,
     ``cuda_graphs`` with a model other than LLaVA / LLaVA-NeXT, or a model or processor VisionZip
     is already applied to.
@@ -186,11 +188,12 @@ def apply_visionzip(
     if processor is not None:
         check_processor(processor, processor_class, model, inner.config)
     patches = patch_model(inner, budget, graph_cache)
-    if processor is not None:
-        try:
+    try:
+        patches += patch_placeholder_check(inner, budget)
+        if processor is not None:
             patches += patch_processor(processor, budget)
-        except Exception:
-            for patch in reversed(patches):
-                patch.restore()
-            raise
+    except Exception:
+        for patch in reversed(patches):
+            patch.restore()
+        raise
     return VisionZipHandle(model, processor, budget, patches)

@@ -10,6 +10,7 @@ tokens (``make_fraction_budget``): ``dominant=0.65, contextual=0.05`` keeps ``in
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from ..backends import OpBackends
@@ -64,17 +65,33 @@ def encoder_tokens(tower) -> int:
     return patches + int(has_cls_token(tower))
 
 
+def check_count(value, name: str, tower) -> int:
+    """``value`` (``dominant`` or ``contextual``) as a token count for ``tower``'s fixed-size
+    images. A fraction is refused with the count it stands for: fractions of an image's tokens are
+    the unit of the Qwen-VL families, whose images differ in size."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        tokens = encoder_tokens(tower)
+        raise TypeError(
+            f"apply_visionzip: `{name}` must be an int, a count of tokens per image, for a "
+            f"{type(vision_transformer(tower)).__name__} tower, got {value!r}; fractions of an image's "
+            f"tokens are the Qwen2.5-VL and Qwen3-VL unit. This encoder produces {tokens} tokens per "
+            f"image: {name}={value!r} of them is {name}={int(float(value) * tokens)}"
+        )
+    return check_int(value, name, "apply_visionzip")
+
+
 def make_budget(tower, dominant, contextual, backend: str) -> Budget:
     """A ``Budget`` for ``tower`` (a CLIP or SigLIP vision model), or a clear error.
 
-    Raises ``TypeError`` for a non-int count, ``ValueError`` for ``dominant < 1``,
-    ``contextual < 0``, ``dominant + contextual`` above the encoder's token count, an unknown
-    ``backend``, or one that cannot run on the device ``tower``'s weights are on.
+    Raises ``TypeError`` for a non-int count (a fraction, the Qwen-VL unit, among them),
+    ``ValueError`` for ``dominant < 1``, ``contextual < 0``, ``dominant + contextual`` above the
+    encoder's token count, an unknown ``backend``, or one that cannot run on the device ``tower``'s
+    weights are on.
     """
     encoder = vision_transformer(tower)
     return count_budget(
-        dominant,
-        contextual,
+        check_count(dominant, "dominant", tower),
+        check_count(contextual, "contextual", tower),
         encoder_tokens(tower),
         f"the vision encoder ({type(encoder).__name__}) produces per image",
         backend,
@@ -121,6 +138,20 @@ def check_backend(backends: OpBackends, backend: str, device) -> None:
             f"there it can be one of {backends.available(device)} or 'auto'. Move the model first "
             "(model.to(...)), then call apply_visionzip"
         )
+
+
+def check_largest_image(budget: Budget, largest: int, why: str) -> None:
+    """Raise ``ValueError`` when ``budget`` cannot be kept of the largest image the processor makes,
+    ``largest`` tokens (``why`` says where that bound comes from): no image could be zipped."""
+    try:
+        budget.counts(largest)
+    except ValueError:
+        raise ValueError(
+            f"apply_visionzip: `dominant` + `contextual` = {budget.dominant} + {budget.contextual} "
+            f"is more than the largest image `processor` makes can keep ({largest} tokens: {why}); "
+            "give fractions of each image's tokens (the default is dominant=0.65, contextual=0.05) "
+            "or smaller counts"
+        ) from None
 
 
 def make_fraction_budget(dominant, contextual, backend: str, device) -> Budget:

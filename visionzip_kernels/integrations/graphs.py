@@ -188,10 +188,12 @@ class GraphRelease:
 def checked_graph_cache_size(cuda_graphs, cache_size) -> int | None:
     """``apply_visionzip``'s ``cuda_graphs`` and ``graph_cache_size``, checked: the number of graphs
     to keep, or ``None`` without CUDA graphs. ``TypeError`` for a non-bool ``cuda_graphs`` or a
-    non-int size, ``ValueError`` for a size below 1."""
-    if not check_bool(cuda_graphs, "cuda_graphs", "apply_visionzip"):
-        return None
+    non-int size, ``ValueError`` for a size below 1, whether or not ``cuda_graphs`` is on."""
+    graphs = check_bool(cuda_graphs, "cuda_graphs", "apply_visionzip")
     size = check_int(cache_size, "graph_cache_size", "apply_visionzip")
     if size < 1:
-        raise ValueError(f"apply_visionzip: `graph_cache_size` must be >= 1, got {size}")
-    return size
+        raise ValueError(
+            f"apply_visionzip: `graph_cache_size` must be >= 1 (the CUDA graphs kept with "
+            f"cuda_graphs=True), got {size}; leave it at its default, 8"
+        )
+    return size if graphs else None

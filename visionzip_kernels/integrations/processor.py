@@ -14,6 +14,10 @@ patched on its instance at the narrowest point that decides it:
 - ``LlavaOnevisionProcessor``: ``replace_image_token``, ``replace_video_token`` (the placeholder
   strings, used by ``__call__``) and ``_get_num_multimodal_tokens`` return the counts of
   ``llava_onevision.py``, whatever ``vision_feature_select_strategy`` says (SigLIP has no CLS token).
+
+The model's ``get_placeholder_mask`` is wrapped on its instance too (``patch_placeholder_check``):
+a prompt written for the full token count, by a processor VisionZip was not applied to, fails
+with a message that says so, not only with transformers' count mismatch.
 """
 from __future__ import annotations
 
@@ -132,6 +136,31 @@ def check_processor(processor, expected: type, model, model_config) -> None:
                 f"apply_visionzip: `processor` writes {kind} token id {written_id} but "
                 f"the model's config.{kind}_token_id is {model_id}"
             )
+
+
+def get_placeholder_mask(model, *args, budget: Budget, **kwargs):
+    """The model's own ``get_placeholder_mask``; its error for a prompt whose image (video)
+    placeholders do not match the zipped features says that VisionZip made the features and that
+    the prompt needs the processor VisionZip patched."""
+    try:
+        return type(model).get_placeholder_mask(model, *args, **kwargs)
+    except ValueError as error:
+        if "features and" not in str(error) or "do not match" not in str(error):
+            raise
+        raise ValueError(
+            f"VisionZip: the prompt's image placeholders do not match the zipped features ({error}). "
+            f"VisionZip gives each image (each crop, each video frame) dominant + contextual = "
+            f"{budget.tokens} tokens, and the prompt was written for the full token count: pass the "
+            "model's processor to apply_visionzip(model, processor, ...) so that it writes the reduced "
+            "placeholder count, or write that count yourself"
+        ) from error
+
+
+def patch_placeholder_check(llava_model, budget: Budget) -> list[InstancePatch]:
+    """Patch ``get_placeholder_mask`` on a ``LlavaModel``/``LlavaNextModel``/``LlavaOnevisionModel``
+    instance so that a prompt with the full placeholder count fails with VisionZip's message."""
+    methods = {"get_placeholder_mask": functools.partial(get_placeholder_mask, budget=budget)}
+    return bind_methods(llava_model, methods, owner_arg="model")
 
 
 def patch_llava_processor(processor, budget: Budget) -> list[InstancePatch]:

@@ -29,12 +29,12 @@ from typing import Any, Callable
 
 import torch
 
-from .budget import Budget, make_fraction_budget
+from .budget import Budget, check_largest_image, make_fraction_budget
 from .handle import AttributeSnapshot, VisionZipHandle, bind_methods
 from .processor import check_processor
 from .qwen_vl import capture_last_block, grid_sizes, zip_images
 from .qwen_vl_positions import kept_rope_index
-from .qwen_vl_processor import patch_qwen_vl_processor
+from .qwen_vl_processor import largest_image, patch_qwen_vl_processor
 
 
 @dataclass(frozen=True)
@@ -245,6 +245,7 @@ def apply_qwen_vl(
     budget = make_fraction_budget(dominant, contextual, backend, next(inner.visual.parameters()).device)
     if processor is not None:
         check_processor(processor, family.processor_class, model, inner.config)
+        check_largest_image(budget, *largest_image(processor))
     patches = patch_qwen_vl(inner, family, budget)
     if processor is not None:
         try:

@@ -23,6 +23,16 @@ def merged_tokens(image_grid_thw_row, merge_size: int) -> int:
     return int(image_grid_thw_row.prod()) // merge_size**2
 
 
+def largest_image(processor) -> tuple[int, str]:
+    """The most merged tokens an image from ``processor`` can have, and why: its image processor
+    resizes every image to at most ``size["longest_edge"]`` pixels, in squares of
+    ``patch_size * merge_size`` pixels per merged token."""
+    image_processor = processor.image_processor
+    square = image_processor.patch_size * image_processor.merge_size
+    pixels = image_processor.size["longest_edge"]
+    return pixels // square**2, f"image_processor.size['longest_edge'] = {pixels} pixels in {square}x{square} squares"
+
+
 def replace_image_token(processor, image_inputs: dict, image_idx: int, *, budget: Budget, **kwargs) -> str:
     """The placeholder string of one image: its kept token count of ``<|image_pad|>``."""
     merge_size = processor.image_processor.merge_size

@@ -119,6 +119,43 @@ def _time_graph(fn, arg_sets, device, repeats: int, calls_per_graph: int) -> Tim
     return summarise(samples)
 
 
+def round_medians(fns: Sequence[Callable[[], object]], device: torch.device, rounds: int, calls: int) -> list[list[float]]:
+    """``fns`` timed interleaved: in each of ``rounds`` rounds every function is timed in turn,
+    ``calls`` calls each, so that all of them meet the same machine state. Per function, the
+    rounds' median milliseconds per call."""
+    medians: list[list[float]] = [[] for _ in fns]
+    for round_index in range(rounds):
+        for fn, per_round in zip(fns, medians):
+            timing = time_calls(fn, [()], device, warmup=1 if round_index == 0 else 0, repeats=calls)
+            per_round.append(timing.median_ms)
+    return medians
+
+
+MAX_RATIO_SPREAD = 1.5  # a ratio whose p80 is more than 1.5x its p20 across rounds is not read
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """``baseline / candidate`` per round: the median and 20th/80th percentiles over ``rounds``."""
+
+    median: float
+    p20: float
+    p80: float
+    rounds: int
+
+    @property
+    def readable(self) -> bool:
+        """Whether the rounds agree well enough to read the ratio: p80 <= ``MAX_RATIO_SPREAD`` x p20."""
+        return self.p80 <= MAX_RATIO_SPREAD * self.p20
+
+
+def ratio_per_round(baseline_ms: Sequence[float], candidate_ms: Sequence[float]) -> Ratio:
+    """The ratio of two functions' per-round times (``round_medians``), taken round by round."""
+    ratios = [baseline / candidate for baseline, candidate in zip(baseline_ms, candidate_ms, strict=True)]
+    p20, median, p80 = np.percentile(ratios, [20, 50, 80])
+    return Ratio(float(median), float(p20), float(p80), len(ratios))
+
+
 def copy_bandwidth_gbps(device: torch.device, n_bytes: int = 1 << 30) -> float:
     """Measured device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written."""
     src = torch.empty(n_bytes // 2, dtype=torch.uint8, device=device).random_(0, 255)

@@ -4,8 +4,9 @@
 
 - ``"reference"``: the contract in PyTorch (``reference.py``), any device;
 - ``"cpu"``: the C++ CPU kernel (``csrc/zip_tokens_cpu.cpp``), CPU tensors;
-- ``"triton"``: two fused Triton launches (``triton.py``, ``triton_kernels.py``), CUDA tensors, or
-  CPU tensors through Triton's interpreter when ``TRITON_INTERPRET=1`` is set;
+- ``"triton"``: three or four Triton launches, column sums (a full map without CLS only), select,
+  assign and apply (``triton.py``, ``triton_kernels.py``), CUDA tensors, or CPU tensors through
+  Triton's interpreter when ``TRITON_INTERPRET=1`` is set;
 - ``"cuda"``: the CUDA C++ kernels (``csrc/zip_tokens_cuda.cu``), CUDA tensors, when that
   extension was built;
 - ``"auto"``: the first of ``available_backends(device)``.
