@@ -79,6 +79,10 @@ CASES = [
     (torch.bfloat16, 1, 1, 70, 128, False, True, token_major, token_major, "path=mma vectorised=1"),
     (torch.float32, 1, 1, 70, 40, False, False, token_major, dim_strided, "path=simt vectorised=0"),
     (torch.bfloat16, 1, 1, 33, 136, False, True, token_major, token_major, "path=simt vectorised=1"),
+    # hd not a multiple of 8 (no 16-byte rows), and LLaVA-NeXT's N = 2880 on the CLS path.
+    (torch.float16, 1, 1, 70, 20, False, False, token_major, token_major, "path=mma vectorised=0"),
+    (torch.float32, 1, 2, 45, 13, False, True, token_major, token_major, "path=simt vectorised=0"),
+    (torch.bfloat16, 1, 1, 2880, 64, True, False, token_major, token_major, "path=cls vectorised=1"),
 ]
 
 

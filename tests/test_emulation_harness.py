@@ -57,7 +57,7 @@ def test_a_shuffle_does_not_order_memory_and_syncwarp_does(build):
     "scenario, message",
     [
         ("divergent_shuffle", "lane of the mask waits at __syncthreads() instead"),
-        ("exited_lane", "a lane of the mask exited before it"),
+        ("exited_lane", "a lane of the mask has exited"),
         ("mask_without_self", "a lane not in its own mask"),
     ],
 )

@@ -10,6 +10,7 @@ mutant is killed.
     python tools/barrier_mutations.py            # a sample of --sample barriers, drawn from the date
     python tools/barrier_mutations.py --all      # every barrier
     python tools/barrier_mutations.py --list     # the barriers, nothing run
+    python tools/barrier_mutations.py --all --only zip_apply   # every barrier of matching files
 
 Prints one line per mutant and the score (killed / run).
 """
@@ -124,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=2, help="barriers per run without --all (default 2)")
     parser.add_argument("--seed", type=int, help="the sample's seed (default: from today's date, UTC)")
     parser.add_argument("--list", action="store_true", help="list the barriers and the tests covering each")
+    parser.add_argument("--only", help="only the barriers of files whose path contains this text")
     args = parser.parse_args(argv)
 
-    barriers = find_barriers()
+    barriers = [b for b in find_barriers() if args.only is None or args.only in b.path]
     if args.list:
         for barrier in barriers:
             print(barrier, " ".join(tests_covering(barrier)) or "(no emulated test)")

@@ -297,23 +297,29 @@ class BlockRun {
     throw std::runtime_error("emulation: " + what + ": " + describe(f));
   }
 
+  // The lanes of f's warp that wait at a warp operation whose mask names f.
+  std::vector<Fiber*> waiting_for(const Fiber& f) {
+    std::vector<Fiber*> lanes;
+    for (int lane = 0; lane < 32; ++lane) {
+      Fiber* other = lane_fiber(f, lane);
+      if (other && other->wait == Wait::kWarp && (other->mask >> (f.thread.x & 31) & 1u)) lanes.push_back(other);
+    }
+    return lanes;
+  }
+
   // After `f` stopped: release the threads its arrival (or exit) completes.
   void settle(Fiber& f, std::vector<int>& ready) {
     if (f.wait == Wait::kDone) {
       --live_;
-      for (int lane = 0; lane < 32; ++lane) {  // a warp operation still waiting for this lane
-        Fiber* other = lane_fiber(f, lane);
-        if (other && other->wait == Wait::kWarp && (other->mask >> (f.thread.x & 31) & 1u)) {
-          if (other->op != WarpOp::kSyncwarp) fail("a lane of the mask exited before it", *other);
-          try_complete_warp(*other, ready);
-        }
+      for (Fiber* other : waiting_for(f)) {
+        if (other->op != WarpOp::kSyncwarp) fail("a lane of the mask has exited", *other);
+        if (other->wait == Wait::kWarp) try_complete_warp(*other, ready);  // unless an earlier one did
       }
     } else if (f.wait == Wait::kBlockBarrier) {
+      for (Fiber* other : waiting_for(f)) fail("a lane of the mask waits at __syncthreads() instead", *other);
       ++at_barrier_;
-    } else if (f.wait == Wait::kWarp) {
-      try_complete_warp(f, ready);
     } else {
-      ready.push_back(static_cast<int>(f.thread.x));
+      try_complete_warp(f, ready);  // a fiber stops only to wait or at its end
     }
     if (at_barrier_ > 0 && at_barrier_ == live_) {
       at_barrier_ = 0;
