@@ -126,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="the sample's seed (default: from today's date, UTC)")
     parser.add_argument("--list", action="store_true", help="list the barriers and the tests covering each")
     parser.add_argument("--only", help="only the barriers of files whose path contains this text")
+    parser.add_argument("--shard", default="0/1", help="K/N: every N-th barrier from the K-th (0-based), to split a sweep")
     args = parser.parse_args(argv)
 
-    barriers = [b for b in find_barriers() if args.only is None or args.only in b.path]
+    shard, shards = map(int, args.shard.split("/"))
+    barriers = [b for b in find_barriers() if args.only is None or args.only in b.path][shard::shards]
     if args.list:
         for barrier in barriers:
             print(barrier, " ".join(tests_covering(barrier)) or "(no emulated test)")

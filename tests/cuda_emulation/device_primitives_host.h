@@ -11,8 +11,11 @@
 // - __fadd_rn, __fmul_rn, __fdiv_rn and __fsqrt_rn are the IEEE float32 operations (compile the
 //   emulation with -ffp-contract=off so that no product is fused into a sum).
 // - load_vector and store_vector check the alignment a 16-byte (or float4) access needs on the GPU.
-// - cp.async copies are queued per thread and run only when cp_async_wait releases their group,
-//   so data read before its wait (or before the barrier after it) is still the poison.
+// - A cp.async copy's destination is undefined from its issue to its wait, as on the GPU, where the
+//   copy lands at any time between: it becomes poison when the copy is issued (so a buffer refilled
+//   while other threads still read it is poison to them, and a write ThreadSanitizer sees) and
+//   receives the data only when cp_async_wait releases the copy's group (so data read before its
+//   wait, or before the barrier after it, is still the poison).
 // - Shared memory, static and dynamic, starts every block as 0xff bytes (NaN as float32, bfloat16
 //   and float16), so reading anything no thread wrote shows up as NaN in the results; the dynamic
 //   shared memory is exactly the launch's size, so AddressSanitizer reports an access beyond it.
@@ -295,6 +298,7 @@ inline void cp_async(void* dst, const void* src, int src_bytes, int bytes) {
   if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % bytes != 0)) {
     throw std::runtime_error("misaligned cp.async");
   }
+  std::memset(dst, 0xff, bytes);
   emulation::current().groups.back().push_back({dst, src, src_bytes, bytes});
 }
 
