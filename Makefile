@@ -22,6 +22,10 @@
 #                         architecture the package targets (objects under .build/cuda-check/), so a
 #                         syntax or type error in the CUDA kernels fails without a GPU. Without
 #                         nvcc it prints a notice and succeeds, unless CI=true.
+#   make barrier-mutations
+#                         delete each sampled __syncthreads() / __syncwarp() of csrc/ in turn and
+#                         require the CPU emulation's tests to fail (tools/barrier_mutations.py; a
+#                         sample drawn from the date, MUTATIONS="--all" for every barrier).
 #
 # Variables: PYTHON (an interpreter with torch), TORCH_INDEX (the index torch is installed from
 # when missing, e.g. https://download.pytorch.org/whl/cpu for the CPU build on Linux; empty: pip's
@@ -48,13 +52,17 @@ NVCC_FLAGS := -std=c++20 -O3 --fmad=false -Xcompiler -fPIC -DTORCH_API_INCLUDE_E
 	-DTORCH_EXTENSION_NAME=_C_cuda -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE --threads $(NVCC_THREADS) \
 	$(foreach arch,$(CUDA_ARCHS),-gencode arch=compute_$(arch),code=sm_$(arch))
 
-# Include directories, common nvcc flags and C++ ABI of the installed torch, one line.
+# Include directories, common nvcc flags and C++ ABI of the installed torch, one line. Without
+# --expt-relaxed-constexpr, which torch's extension builds add and CMakeLists.txt does not: the
+# kernels compile without it (no host-only constexpr function such as std::min in device code).
 TORCH_FLAGS_SCRIPT := import sysconfig, torch, torch.utils.cpp_extension as ext; \
 	dirs = ext.include_paths() + [sysconfig.get_paths()["include"]]; \
-	print(" ".join(["-I" + d for d in dirs] + ext.COMMON_NVCC_FLAGS \
+	flags = [f for f in ext.COMMON_NVCC_FLAGS if f != "--expt-relaxed-constexpr"]; \
+	print(" ".join(["-I" + d for d in dirs] + flags \
 	+ ["-D_GLIBCXX_USE_CXX11_ABI=%d" % torch._C._GLIBCXX_USE_CXX11_ABI]))
 
-.PHONY: install install-core demo test publish-cpu-rows build-checks unit-tests wheel-check cmake-check cuda-check cuda-check-objects FORCE
+.PHONY: install install-core demo test publish-cpu-rows build-checks unit-tests wheel-check cmake-check \
+	cuda-check cuda-check-objects barrier-mutations FORCE
 
 install-core:
 	$(PYTHON) -c "import torch" 2>/dev/null || \
@@ -82,6 +90,7 @@ VARIABLES := PYTHON="$(PYTHON)" NVCC="$(NVCC)" CUDA_ARCHS="$(CUDA_ARCHS)" NVCC_T
 build-checks:
 	$(FRESH) $(MAKE) --no-print-directory $(VARIABLES) cuda-check cmake-check
 	$(FRESH) $(MAKE) --no-print-directory $(VARIABLES) wheel-check
+	$(FRESH) $(MAKE) --no-print-directory $(VARIABLES) barrier-mutations
 
 # CUDA_VISIBLE_DEVICES is empty: the scripts take the CPU even where a GPU is present.
 CPU_BENCH := env CUDA_VISIBLE_DEVICES= $(PYTHON) benchmarks
@@ -98,6 +107,10 @@ unit-tests:
 
 wheel-check:
 	$(PYTHON) tools/wheel_check.py
+
+MUTATIONS ?=
+barrier-mutations:
+	$(PYTHON) tools/barrier_mutations.py $(MUTATIONS)
 
 cmake-check:
 	@if command -v cmake >/dev/null 2>&1; then \

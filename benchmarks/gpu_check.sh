@@ -22,22 +22,7 @@
 # The interpreter tests (test_interpreted_in_subprocess, tests/test_triton_zip_tokens.py) are left
 # out: they need no GPU and run in CI.
 set -u
-DIR=${1:-${OUT:-}}
-if [ -z "$DIR" ]; then
-  echo "usage: bash benchmarks/gpu_check.sh FOLDER (or set OUT)" >&2
-  exit 2
-fi
-mkdir -p "$DIR"
-DIR=$(cd "$DIR" && pwd)
-T0=$(date +%s)
-DEADLINE=$((T0 + ${BUDGET:-480}))
-el() { echo "=== [$(($(date +%s) - T0))s] $*"; }
-left() {  # seconds for a stage: at most $1, never past the deadline
-  local r=$((DEADLINE - $(date +%s)))
-  [ "$1" -lt "$r" ] && r=$1
-  [ "$r" -lt 5 ] && r=5
-  echo "$r"
-}
+source "$(dirname "$0")/gpu_stages.sh"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 TRITON_DEFAULT_FP_FUSION=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 TEST_FILES="tests/test_cuda_zip_tokens.py tests/test_triton_gpu.py"

@@ -133,6 +133,10 @@ inline LaunchPlan plan_launch(bool has_cls, bool sixteen_bit, int head_dim, int6
 
 // ---- Shared pieces ----
 
+// The smaller of an index and the last valid one, as int64 (std::min is host code: nvcc takes it in
+// device code only with --expt-relaxed-constexpr).
+__device__ __forceinline__ int64_t at_most(int64_t index, int64_t last) { return index < last ? index : last; }
+
 // Head of block x: blockIdx.x enumerates (batch, head) pairs.
 struct BlockHead {
   int64_t index, batch, head;
@@ -267,7 +271,7 @@ __global__ void __launch_bounds__(kClsThreads)
       float key_part[kClsKeysInFlight][kVec];
 #pragma unroll
       for (int u = 0; u < kClsKeysInFlight; ++u) {
-        const int64_t key = std::min<int64_t>(first + u * kClsGroups + group, shape.n_tokens - 1);
+        const int64_t key = at_most(first + u * kClsGroups + group, shape.n_tokens - 1);
         load_chunk<T, kVec>(keys + key * k.stride_n, k.stride_d, chunk, key_part[u]);
       }
 #pragma unroll
@@ -332,8 +336,8 @@ __device__ __forceinline__ void load_tile_16bit(uint16_t* tile, int pitch, const
       const int r = index / dim_padded;
       const int d = index % dim_padded;
       const int64_t row = first_row + r;
-      const uint16_t value = source[std::min<int64_t>(row, n_rows - 1) * stride_n +
-                                    static_cast<int64_t>(std::min(d, head_dim - 1)) * stride_d];
+      const uint16_t value = source[at_most(row, n_rows - 1) * stride_n +
+                                    at_most(d, head_dim - 1) * stride_d];
       tile[r * pitch + d] = row < n_rows && d < head_dim ? value : uint16_t{0};
     }
   }
@@ -513,8 +517,8 @@ __device__ __forceinline__ void load_chunk_transposed(float (*chunk)[kSimtPitch]
     const int index = threadIdx.x + i * kSimtThreads;
     const int64_t row = first_row + index / kSimtDimChunk;
     const int d = d0 + index % kSimtDimChunk;
-    const float value = load_float(rows + std::min<int64_t>(row, n_rows - 1) * stride_n +
-                                   static_cast<int64_t>(std::min(d, head_dim - 1)) * stride_d);
+    const float value = load_float(rows + at_most(row, n_rows - 1) * stride_n +
+                                   at_most(d, head_dim - 1) * stride_d);
     values[i] = row < n_rows && d < head_dim ? value : 0.f;
   }
 #pragma unroll

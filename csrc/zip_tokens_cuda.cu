@@ -39,49 +39,17 @@ namespace {
 
 using at::Tensor;
 
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
-
-// Whether stepping along `dim` keeps a `multiple`-element vector aligned (always, for a dim of size 1).
-bool stride_multiple(const Tensor& t, int64_t dim, int64_t multiple) {
-  return t.size(dim) == 1 || t.stride(dim) % multiple == 0;
-}
 
 template <typename T>
 AttnInput<typename DeviceScalar<T>::type> attn_input(const Tensor& attn, bool has_cls) {
-  AttnInput<typename DeviceScalar<T>::type> view{device_data<T>(attn), attn.stride(0), 0, 0, 0, 1, false};
-  if (attn.dim() == 2) {
-    view.stride_k = attn.stride(1);
-    return view;
-  }
-  view.heads = static_cast<int>(attn.size(1));
-  view.stride_h = attn.stride(1);
-  if (attn.dim() == 3) {
-    view.stride_k = attn.stride(2);
-    return view;
-  }
-  view.stride_q = attn.stride(2);  // with a CLS token only query 0 is read: its row starts at offset 0
-  view.stride_k = attn.stride(3);
-  view.sum_queries = !has_cls;
-  return view;
+  return attn_view(device_data<T>(attn), static_cast<int>(attn.dim()), attn.sizes().data(), attn.strides().data(),
+                   has_cls);
 }
 
 template <typename T>
 MetricInput<typename DeviceScalar<T>::type> metric_input(const Tensor& metric) {
-  const bool per_head = metric.dim() == 4;
-  const int64_t token_dim = metric.dim() - 2;
-  MetricInput<typename DeviceScalar<T>::type> view{device_data<T>(metric),
-                                                   metric.stride(0),
-                                                   per_head ? metric.stride(1) : 0,
-                                                   metric.stride(token_dim),
-                                                   metric.stride(token_dim + 1),
-                                                   per_head ? static_cast<int>(metric.size(1)) : 1,
-                                                   static_cast<int>(metric.size(-1)),
-                                                   per_head,
-                                                   false};
-  view.vectorised = view.stride_d == 1 && view.width % 8 == 0 && aligned16(view.data) &&
-                    stride_multiple(metric, 0, 8) && (!per_head || stride_multiple(metric, 1, 8)) &&
-                    stride_multiple(metric, token_dim, 8);
-  return view;
+  return metric_view(device_data<T>(metric), static_cast<int>(metric.dim()), metric.sizes().data(),
+                     metric.strides().data());
 }
 
 // The device's SM count and its shared memory opt-in, for the launch shapes: queried once per
@@ -155,20 +123,15 @@ void launch_apply_as(const Tensor& hidden, const ApplyShape& shape, size_t smem,
 template <typename T>
 void launch_apply(const Tensor& hidden, int k_dom, int k_ctx, const DeviceLimits& device, const Tensor& plan,
                   Tensor& tokens, cudaStream_t stream) {
-  constexpr int kVec = 16 / sizeof(T);
-  const int64_t batch = hidden.size(0);
-  const int n_tokens = static_cast<int>(hidden.size(1)), width = static_cast<int>(hidden.size(2));
-  const bool vectorised = hidden.stride(2) == 1 && width % kVec == 0 && aligned16(hidden.const_data_ptr()) &&
-                          stride_multiple(hidden, 0, kVec) && stride_multiple(hidden, 1, kVec);
-  size_t smem = 0;
-  if (vectorised) {
-    const ApplyShape shape = apply_shape(batch, n_tokens, k_dom, k_ctx, width, kVec, device, LaunchOverrides{}, smem);
-    if (shape.channel_lanes > 0) return launch_apply_as<T, kVec>(hidden, shape, smem, plan, tokens, stream);
-  }
-  const ApplyShape shape = apply_shape(batch, n_tokens, k_dom, k_ctx, width, 1, device, LaunchOverrides{}, smem);
-  TORCH_CHECK(shape.channel_lanes > 0, "zip_tokens: backend='cuda' needs more shared memory per block than the ",
+  const ApplyLaunch launch = apply_launch(hidden.const_data_ptr(), hidden.sizes().data(), hidden.strides().data(),
+                                          static_cast<int>(sizeof(T)), k_dom, k_ctx, device, LaunchOverrides{});
+  TORCH_CHECK(launch.shape.channel_lanes > 0, "zip_tokens: backend='cuda' needs more shared memory per block than the ",
               device.shared_opt_in, " bytes the device allows");
-  launch_apply_as<T, 1>(hidden, shape, smem, plan, tokens, stream);
+  if (launch.vec > 1) {
+    launch_apply_as<T, 16 / sizeof(T)>(hidden, launch.shape, launch.shared_bytes, plan, tokens, stream);
+  } else {
+    launch_apply_as<T, 1>(hidden, launch.shape, launch.shared_bytes, plan, tokens, stream);
+  }
 }
 
 std::tuple<Tensor, Tensor> zip_tokens_cuda(const Tensor& hidden, const Tensor& attn, int64_t k_dom, int64_t k_ctx,

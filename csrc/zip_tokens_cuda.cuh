@@ -261,7 +261,9 @@ __device__ void stage_tile(const MetricInput<T>& metric, int64_t b, const int32_
 }
 
 // Exclusive prefix sum, in thread order, of one int per thread, for blocks of whole warps (at most
-// 32 of them). Every thread of the block must call it; uses scratch[0, 32).
+// 32 of them). Every thread of the block must call it; uses scratch[0, 32), which threads may still
+// read when others return: a caller passes a __syncthreads() before it writes scratch again (the
+// select kernel never does, the apply kernel passes two), so no barrier ends this function.
 __device__ int block_exclusive_sum(int value, int* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int n_warps = static_cast<int>(blockDim.x) >> 5;
@@ -284,9 +286,7 @@ __device__ int block_exclusive_sum(int value, int* scratch) {
     if (lane < n_warps) scratch[lane] = warp_inclusive - warp_total;
   }
   __syncthreads();
-  const int exclusive = scratch[warp] + inclusive - value;
-  __syncthreads();
-  return exclusive;
+  return scratch[warp] + inclusive - value;
 }
 
 // The k-th largest of the candidates' keys (k >= 1, at most the number of candidates) by a

@@ -1,7 +1,9 @@
-// Launch shapes of the zip_tokens CUDA kernels (zip_tokens_cuda.cuh, zip_apply_cuda.cuh), chosen on
-// the host from the sizes and the device's SM count and shared-memory limit. Shared by
-// csrc/zip_tokens_cuda.cu and the CPU emulation (tests/cuda_emulation/run_zip_tokens.cpp), which
-// also overrides them to check that no choice changes a bit of the output.
+// Launch parameters of the zip_tokens CUDA kernels (zip_tokens_cuda.cuh, zip_apply_cuda.cuh), chosen
+// on the host: the input views the kernels read (from each tensor's data pointer, sizes and
+// strides), the vector width, and the launch shapes from the sizes and the device's SM count and
+// shared-memory limit. Shared by csrc/zip_tokens_cuda.cu and the CPU emulation
+// (tests/cuda_emulation/run_zip_tokens.cpp), which also overrides the shapes to check that no
+// choice changes a bit of the output.
 #pragma once
 
 #include "zip_apply_cuda.cuh"
@@ -24,6 +26,55 @@ struct LaunchOverrides {
 };
 
 constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// Whether stepping along dimension `dim` keeps a `multiple`-element vector aligned (always, for a
+// dimension of size 1).
+inline bool stride_multiple(const int64_t* sizes, const int64_t* strides, int dim, int64_t multiple) {
+  return sizes[dim] == 1 || strides[dim] % multiple == 0;
+}
+
+// attn [B, N] (scores), [B, H, N] (CLS rows) or [B, H, N, N] (full maps: with a CLS token only
+// query 0 is read, its row starting at offset 0; without, every query is summed).
+template <typename T>
+AttnInput<T> attn_view(const T* data, int dims, const int64_t* sizes, const int64_t* strides, bool has_cls) {
+  AttnInput<T> view{data, strides[0], 0, 0, 0, 1, false};
+  if (dims == 2) {
+    view.stride_k = strides[1];
+    return view;
+  }
+  view.heads = static_cast<int>(sizes[1]);
+  view.stride_h = strides[1];
+  if (dims == 3) {
+    view.stride_k = strides[2];
+    return view;
+  }
+  view.stride_q = strides[2];
+  view.stride_k = strides[3];
+  view.sum_queries = !has_cls;
+  return view;
+}
+
+// The metric: keys [B, N, Dk], per-head keys [B, H, N, hd], or hidden [B, N, D].
+template <typename T>
+MetricInput<T> metric_view(const T* data, int dims, const int64_t* sizes, const int64_t* strides) {
+  const bool per_head = dims == 4;
+  const int token_dim = dims - 2;
+  MetricInput<T> view{data,
+                      strides[0],
+                      per_head ? strides[1] : 0,
+                      strides[token_dim],
+                      strides[token_dim + 1],
+                      per_head ? static_cast<int>(sizes[1]) : 1,
+                      static_cast<int>(sizes[dims - 1]),
+                      per_head,
+                      false};
+  view.vectorised = view.stride_d == 1 && view.width % 8 == 0 && aligned16(data) &&
+                    stride_multiple(sizes, strides, 0, 8) && (!per_head || stride_multiple(sizes, strides, 1, 8)) &&
+                    stride_multiple(sizes, strides, token_dim, 8);
+  return view;
+}
 
 inline int next_pow2(int64_t value) {
   int p = 1;
@@ -118,6 +169,33 @@ inline ApplyShape apply_shape(int64_t batch, int n_tokens, int k_dom, int k_ctx,
   shape.channel_blocks = static_cast<int>(ceil_div(width, int64_t{lanes} * vec));
   shared_bytes = bytes(lanes);
   return shape;
+}
+
+// The apply kernel's launch for hidden [B, N, D] at `data` with `sizes` and `strides`, elements of
+// `element_bytes`: 16-byte vectors where every row is made of aligned 16-byte chunks and their
+// block fits the shared memory, scalars otherwise; channel_lanes is 0 where neither fits.
+struct ApplyLaunch {
+  int vec;
+  ApplyShape shape;
+  size_t shared_bytes;
+};
+
+inline ApplyLaunch apply_launch(const void* data, const int64_t* sizes, const int64_t* strides, int element_bytes,
+                                int k_dom, int k_ctx, const DeviceLimits& device, const LaunchOverrides& over,
+                                bool allow_vectors = true) {
+  const int vec = 16 / element_bytes;
+  const int64_t batch = sizes[0];
+  const int n_tokens = static_cast<int>(sizes[1]), width = static_cast<int>(sizes[2]);
+  const bool vector_rows = allow_vectors && strides[2] == 1 && width % vec == 0 && aligned16(data) &&
+                           stride_multiple(sizes, strides, 0, vec) && stride_multiple(sizes, strides, 1, vec);
+  ApplyLaunch launch{vec, {}, 0};
+  if (vector_rows) {
+    launch.shape = apply_shape(batch, n_tokens, k_dom, k_ctx, width, vec, device, over, launch.shared_bytes);
+    if (launch.shape.channel_lanes > 0) return launch;
+  }
+  launch.vec = 1;
+  launch.shape = apply_shape(batch, n_tokens, k_dom, k_ctx, width, 1, device, over, launch.shared_bytes);
+  return launch;
 }
 
 }  // namespace visionzip::cuda

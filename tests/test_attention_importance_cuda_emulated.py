@@ -13,32 +13,20 @@ each emulated block runs its threads as OS threads.
 """
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from emulation_runners import compile_runner, run_runner, sanitizers
 from importance_cases import ATOL, RTOL, exact_importance
 
-ROOT = Path(__file__).resolve().parents[1]
-EMULATION = ROOT / "tests" / "cuda_emulation"
 
 
-@pytest.fixture(scope="module")
-def runner(tmp_path_factory) -> Path:
-    binary = tmp_path_factory.mktemp("emulation") / "run_attention_importance"
-    compiler = os.environ.get("CXX", "c++")
-    command = [
-        compiler, "-std=c++20", "-O1", "-pthread", "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas",
-        "-I", str(ROOT / "csrc"), "-I", str(EMULATION), str(EMULATION / "run_attention_importance.cpp"),
-        "-o", str(binary),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return binary
+@pytest.fixture(scope="module", params=sanitizers())
+def runner(request, tmp_path_factory) -> Path:
+    return compile_runner("run_attention_importance", tmp_path_factory.mktemp("emulation"), request.param)
 
 
 def token_major(batch, heads, n_tokens, head_dim, dtype, gen):
@@ -76,8 +64,7 @@ def run_emulated(runner: Path, workdir: Path, q, k, has_cls: bool, scale: float,
         str(workdir / "k.bin"), str(k.storage_offset()), *map(str, k.stride()),
         *lse_args, str(out_path),
     ]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_runner(args, workdir.name, timeout=600)
     out = torch.from_numpy(np.fromfile(out_path, dtype=np.float32)).view(*q.shape[:3])
     return out, result.stdout.strip()
 
@@ -92,6 +79,10 @@ CASES = [
     (torch.bfloat16, 1, 1, 70, 128, False, True, token_major, token_major, "path=mma vectorised=1"),
     (torch.float32, 1, 1, 70, 40, False, False, token_major, dim_strided, "path=simt vectorised=0"),
     (torch.bfloat16, 1, 1, 33, 136, False, True, token_major, token_major, "path=simt vectorised=1"),
+    # hd not a multiple of 8 (no 16-byte rows), and LLaVA-NeXT's N = 2880 on the CLS path.
+    (torch.float16, 1, 1, 70, 20, False, False, token_major, token_major, "path=mma vectorised=0"),
+    (torch.float32, 1, 2, 45, 13, False, True, token_major, token_major, "path=simt vectorised=0"),
+    (torch.bfloat16, 1, 1, 2880, 64, True, False, token_major, token_major, "path=cls vectorised=1"),
 ]
 
 

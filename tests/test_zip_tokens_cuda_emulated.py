@@ -15,14 +15,13 @@ hardware's own rounding intrinsics, speed) is left to ``test_cuda_zip_tokens.py`
 """
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from emulation_runner import compile_runner, tensor_arg
+from emulation_runners import compile_runner, run_runner, sanitizers
 from zip_apply_order import tokens_in_apply_order
 from zip_cases import ZipCase, assert_matches_reference, make_inputs
 
@@ -30,9 +29,17 @@ H100 = {"sm_count": 132, "shared_opt_in": 232448}
 AUTO = {"positions_per_block": 0, "target_chunk": 0, "tile_channels": 0, "channel_lanes": 0, "row_lanes": 0}
 
 
-@pytest.fixture(scope="module")
-def runner(tmp_path_factory) -> Path:
-    return compile_runner("run_zip_tokens.cpp", tmp_path_factory.mktemp("emulation") / "run_zip_tokens")
+@pytest.fixture(scope="module", params=sanitizers())
+def runner(request, tmp_path_factory) -> Path:
+    return compile_runner("run_zip_tokens", tmp_path_factory.mktemp("emulation"), request.param)
+
+
+def tensor_arg(tensor: torch.Tensor, path: Path) -> str:
+    torch.empty(0, dtype=torch.uint8).set_(tensor.untyped_storage()).numpy().tofile(path)
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    sizes = ",".join(map(str, tensor.shape))
+    strides = ",".join(map(str, tensor.stride()))
+    return f"{path}:{dtype}:{tensor.storage_offset()}:{sizes}:{strides}"
 
 
 def run_emulated(runner: Path, workdir: Path, inputs: dict, device=H100, vectorise=True, **shapes):
@@ -49,8 +56,7 @@ def run_emulated(runner: Path, workdir: Path, inputs: dict, device=H100, vectori
         "tokens": workdir / "tokens.bin", "dominant_idx": workdir / "idx.bin",
     }
     command = [str(runner), *(f"{name}={value}" for name, value in args.items())]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_runner(command, workdir.name)
     tokens = torch.from_numpy(np.fromfile(workdir / "tokens.bin", dtype=np.float32))
     idx = torch.from_numpy(np.fromfile(workdir / "idx.bin", dtype=np.int64))
     tokens = tokens.view(batch, k_dom + k_ctx, width).to(hidden.dtype)  # exact: the values are hidden's dtype
@@ -78,6 +84,11 @@ CASES = [
     (ZipCase(2, 61, 48, 4, 16, 20, 1, key_layout="heads"), torch.bfloat16),  # one target takes every merge token
     (ZipCase(1, 61, 48, 4, 16, 9, 0), torch.float32),  # k_ctx = 0
     (ZipCase(1, 300, 32, 2, 8, 40, 30, has_cls=False), torch.bfloat16),  # 3 target chunks, many pieces
+    (ZipCase(1, 53, 12, 2, 8, 53, 0, has_cls=False), torch.float32),  # k_dom = N: no remaining token
+    # LLaVA-NeXT's 2880 tokens (5 x 576) and the largest N: each select thread holds several tokens;
+    # D = 20 and 36: no 16-byte rows, the scalar metric and apply paths; N a multiple of no tile.
+    (ZipCase(1, 2880, 36, 2, 8, 54, 10), torch.bfloat16),
+    (ZipCase(1, 4096, 20, 1, 12, 300, 45, has_cls=False, attn_layout="scores", key_layout="none"), torch.float16),
 ]
 
 
@@ -120,7 +131,7 @@ SPLITS = [
 @pytest.mark.parametrize(
     "case, dtype",
     [
-        (ZipCase(2, 300, 64, 4, 16, 41, 12, key_layout="heads"), torch.bfloat16),
+        (ZipCase(1, 300, 64, 4, 16, 41, 12, key_layout="heads"), torch.bfloat16),
         (ZipCase(1, 257, 72, 2, 24, 30, 9, has_cls=False, attn_layout="full", key_layout="none"), torch.float32),
     ],
     ids=str,
@@ -133,6 +144,15 @@ def test_every_launch_shape_gives_the_same_bits(runner, tmp_path, case, dtype):
         tokens, idx, printed = run_emulated(runner, tmp_path, inputs, **split)
         assert torch.equal(idx, expected_idx), (split, printed)
         assert_exact(tokens, expected)
+
+
+def test_emulated_more_targets_than_threads(runner, tmp_path):
+    """41 targets on a 32-thread merge block: every thread counts and places several targets."""
+    inputs = make_inputs(ZipCase(1, 211, 16, 2, 8, 20, 41, key_layout="heads"), torch.bfloat16, seed=13)
+    tokens, idx, printed = run_emulated(runner, tmp_path, inputs, channel_lanes=1, row_lanes=32)
+    assert "channel_lanes=1 row_lanes=32" in printed
+    assert_matches_reference(tokens, idx, inputs)
+    assert_exact(tokens, tokens_in_apply_order(inputs))
 
 
 def test_emulated_ties_and_non_finite_values(runner, tmp_path):

@@ -1,22 +1,24 @@
 // Host stand-ins for csrc/device_primitives.cuh and for the CUDA built-ins that the kernels of
 // csrc/attention_importance_cuda.cuh, csrc/zip_tokens_cuda.cuh and csrc/zip_apply_cuda.cuh use, so
-// that those kernels compile with a C++ compiler and run on the CPU: every CUDA thread of a block is
-// an std::thread, blocks run one after another.
+// that those kernels compile with a C++ compiler and run on the CPU, one thread at a time in an
+// adversarial order (block_scheduler.h says how, and what fails there):
 //
-// - __syncthreads is a barrier of the block's threads; a thread that returns leaves it (as exited
-//   threads do on the GPU). __syncwarp is the same barrier for the warp's threads.
-// - The warp shuffles (__shfl_xor_sync, __shfl_up_sync, __shfl_down_sync), __match_any_sync and the
-//   m16n8k16 product exchange values through a per-warp buffer between two barriers of the warp's
-//   32 threads, so a warp that does not arrive whole deadlocks the test.
-// - atomicAdd and atomicMax on integers are std::atomic_ref operations: their results do not depend
-//   on the threads' order, as on the GPU (the kernels use them on integers only).
+// - __syncthreads waits for the block's threads that have not exited; __syncwarp, the shuffles
+//   (__shfl_xor_sync, __shfl_up_sync, __shfl_down_sync), __match_any_sync and the m16n8k16 product
+//   wait for the lanes of their mask. Only the barriers order memory under ThreadSanitizer.
+// - atomicAdd and atomicMax on integers are relaxed std::atomic_ref operations, as on the GPU
+//   (the kernels use them on integers only).
 // - __fadd_rn, __fmul_rn, __fdiv_rn and __fsqrt_rn are the IEEE float32 operations (compile the
 //   emulation with -ffp-contract=off so that no product is fused into a sum).
 // - load_vector and store_vector check the alignment a 16-byte (or float4) access needs on the GPU.
-// - cp.async copies are queued per thread and run only when cp_async_wait releases their group,
-//   so data read before its wait (or before the barrier after it) is still the poison.
-// - Dynamic shared memory starts as 0xff bytes (NaN as float32, bfloat16 and float16), so reading
-//   anything no thread wrote shows up as NaN in the results.
+// - A cp.async copy's destination is undefined from its issue to its wait, as on the GPU, where the
+//   copy lands at any time between: it becomes poison when the copy is issued (so a buffer refilled
+//   while other threads still read it is poison to them, and a write ThreadSanitizer sees) and
+//   receives the data only when cp_async_wait releases the copy's group (so data read before its
+//   wait, or before the barrier after it, is still the poison).
+// - Shared memory, static and dynamic, starts every block as 0xff bytes (NaN as float32, bfloat16
+//   and float16), so reading anything no thread wrote shows up as NaN in the results; the dynamic
+//   shared memory is exactly the launch's size, so AddressSanitizer reports an access beyond it.
 // - The tensor-core product takes each lane's fragments in PTX's documented m16n8k16 layout,
 //   multiplies exactly (float64) and rounds each accumulator once.
 // Include this header before the kernels' headers: it defines the include guard of
@@ -25,19 +27,20 @@
 
 #define VISIONZIP_DEVICE_PRIMITIVES_CUH
 
+#include "block_scheduler.h"
+#include "exact_storage.h"
+
 #include <math.h>
 
 #include <cmath>
 
 #include <algorithm>
 #include <atomic>
-#include <barrier>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
 #include <stdexcept>
-#include <thread>
 #include <vector>
 
 #define __global__
@@ -47,7 +50,7 @@
 #define __launch_bounds__(...)
 #define __grid_constant__
 #define __align__(n) alignas(n)
-#define __shared__ static  // one array per kernel instantiation, shared by the block's threads
+#define __shared__ static thread_local  // one copy per block: each block runs on its own OS thread
 
 struct __half {
   uint16_t bits;
@@ -61,66 +64,13 @@ struct alignas(16) float4 {
 
 namespace emulation {
 
-struct Index3 {
-  unsigned int x, y, z;
-};
+inline int lane() { return static_cast<int>(current().thread.x % 32); }
 
-struct Warp {
-  explicit Warp(int lanes) : barrier(lanes) {}
-  std::barrier<> barrier;
-  float values[32];
-  int64_t words[32];
-  uint32_t a[32][4], b[32][2];
-};
-
-struct Block {
-  Block(int threads, int shared_bytes)
-      : barrier(threads), shared(static_cast<size_t>(shared_bytes) + 16, 0xff) {
-    for (int w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<Warp>(std::min(32, threads - 32 * w)));
-  }
-  std::barrier<> barrier;
-  std::vector<std::unique_ptr<Warp>> warps;
-  std::vector<unsigned char> shared;
-};
-
-struct PendingCopy {
-  void* dst;
-  const void* src;
-  int src_bytes, bytes;
-};
-
-struct ThreadState {
-  Index3 thread{0, 0, 0}, block{0, 0, 0}, block_dim{0, 0, 0};
-  Block* owner = nullptr;
-  std::vector<std::vector<PendingCopy>> groups{{}};  // the last group is still open
-};
-
-inline thread_local ThreadState state;
-
-inline Warp& warp() { return *state.owner->warps[state.thread.x / 32]; }
-inline int lane() { return static_cast<int>(state.thread.x % 32); }
-
-// Runs `kernel()` as every thread of every block of `grid`, blocks in order.
+// Runs `kernel()` as every thread of every block of `grid`, with `shared_bytes` of dynamic shared
+// memory (block_scheduler.h: order, poison, checks).
 inline void launch(Index3 grid, int threads, int shared_bytes, const std::function<void()>& kernel) {
-  for (unsigned int by = 0; by < grid.y; ++by) {
-    for (unsigned int bx = 0; bx < grid.x; ++bx) {
-      Block block(threads, shared_bytes);
-      std::vector<std::thread> workers;
-      for (int t = 0; t < threads; ++t) {
-        workers.emplace_back([&, t] {
-          state = ThreadState{};
-          state.thread = {static_cast<unsigned int>(t), 0, 0};
-          state.block = {bx, by, 0};
-          state.block_dim = {static_cast<unsigned int>(threads), 1, 1};
-          state.owner = &block;
-          kernel();
-          block.warps[t / 32]->barrier.arrive_and_drop();
-          block.barrier.arrive_and_drop();
-        });
-      }
-      for (auto& worker : workers) worker.join();
-    }
-  }
+  const AlignedBytes shared = aligned_bytes(static_cast<size_t>(shared_bytes));
+  launch_blocks(grid, threads, shared.get(), static_cast<size_t>(shared_bytes), kernel);
 }
 
 inline float half_to_float(uint16_t bits) {
@@ -144,64 +94,129 @@ inline float bits_to_float(uint32_t bits) {
 
 }  // namespace emulation
 
-#define threadIdx (::emulation::state.thread)
-#define blockIdx (::emulation::state.block)
-#define blockDim (::emulation::state.block_dim)
+#define threadIdx (::emulation::current().thread)
+#define blockIdx (::emulation::current().block)
+#define blockDim (::emulation::current().block_dim)
 
-inline void __syncthreads() { emulation::state.owner->barrier.arrive_and_wait(); }
-inline void __syncwarp(unsigned int = 0xffffffffu) { emulation::warp().barrier.arrive_and_wait(); }
+inline void __syncthreads(std::source_location where = std::source_location::current()) {
+  auto& run = *emulation::BlockRun::running();
+  [[maybe_unused]] char* order = run.arrive(emulation::Wait::kBlockBarrier, where);
+#if EMULATION_TSAN
+  __tsan_release(order);
+#endif
+  run.yield();
+#if EMULATION_TSAN
+  __tsan_acquire(order);
+#endif
+}
 
 namespace emulation {
 
-// Every lane publishes `value`; returns what lane `source(lane)` published (its own value where
-// the source is outside the warp).
-template <typename Source>
-int64_t exchange(int64_t value, Source source) {
-  auto& w = warp();
-  const int me = lane();
-  w.words[me] = value;
-  w.barrier.arrive_and_wait();
-  const int from = source(me);
-  const int64_t other = from >= 0 && from < 32 ? w.words[from] : value;
-  w.barrier.arrive_and_wait();
-  return other;
+// The running lane arrives at warp operation `op` over `mask`; returns once every lane of the mask
+// has arrived and `resolve` has computed their results. Only __syncwarp orders memory.
+inline void warp_op(WarpOp op, unsigned int mask, std::source_location where, Resolve resolve) {
+  auto& run = *BlockRun::running();
+  [[maybe_unused]] char* order = run.arrive(Wait::kWarp, where);
+  {
+    HarnessAccess access;
+    Fiber& f = current();
+    f.op = op;
+    f.mask = mask;
+    f.resolve = resolve;
+  }
+#if EMULATION_TSAN
+  if (op == WarpOp::kSyncwarp) __tsan_release(order);
+#endif
+  run.yield();
+#if EMULATION_TSAN
+  if (op == WarpOp::kSyncwarp) __tsan_acquire(order);
+#endif
+}
+
+// Each lane of the mask receives the word of its source lane (its own where the source is outside
+// the warp, as __shfl_up_sync and __shfl_down_sync do); a source lane outside the mask is an error.
+inline void resolve_shuffle(Fiber* const (&lanes)[32], unsigned int) {
+  for (Fiber* f : lanes) {
+    if (!f) continue;
+    const int from = f->source_lane;
+    if (from < 0 || from >= 32) {
+      f->word_out = f->word_in;
+    } else if (!lanes[from]) {
+      throw std::runtime_error("emulation: a shuffle reads a lane outside its mask: " + describe(*f));
+    } else {
+      f->word_out = lanes[from]->word_in;
+    }
+  }
+}
+
+inline int64_t shuffle(int64_t value, int source_lane, unsigned int mask, std::source_location where) {
+  {
+    HarnessAccess access;
+    current().word_in = value;
+    current().source_lane = source_lane;
+  }
+  warp_op(WarpOp::kShuffle, mask, where, resolve_shuffle);
+  HarnessAccess access;
+  return current().word_out;
 }
 
 }  // namespace emulation
 
-inline int __shfl_up_sync(unsigned int, int value, int delta) {
-  return static_cast<int>(emulation::exchange(value, [&](int me) { return me - delta; }));
+inline void __syncwarp(unsigned int mask = 0xffffffffu, std::source_location where = std::source_location::current()) {
+  emulation::warp_op(emulation::WarpOp::kSyncwarp, mask, where, nullptr);
 }
 
-inline int __shfl_down_sync(unsigned int, int value, int delta) {
-  return static_cast<int>(emulation::exchange(value, [&](int me) { return me + delta; }));
+inline int __shfl_up_sync(unsigned int mask, int value, int delta,
+                          std::source_location where = std::source_location::current()) {
+  return static_cast<int>(emulation::shuffle(value, emulation::lane() - delta, mask, where));
 }
 
-// The lanes whose `value` equals this lane's, as a bit mask.
-inline unsigned int __match_any_sync(unsigned int, int value) {
-  auto& w = emulation::warp();
-  const int me = emulation::lane();
-  w.words[me] = value;
-  w.barrier.arrive_and_wait();
-  unsigned int peers = 0;
-  for (int l = 0; l < 32; ++l) {
-    if (w.words[l] == value) peers |= 1u << l;
+inline int __shfl_down_sync(unsigned int mask, int value, int delta,
+                            std::source_location where = std::source_location::current()) {
+  return static_cast<int>(emulation::shuffle(value, emulation::lane() + delta, mask, where));
+}
+
+inline float __shfl_xor_sync(unsigned int mask, float value, int lane_mask,
+                             std::source_location where = std::source_location::current()) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  const auto out = static_cast<uint32_t>(emulation::shuffle(bits, (emulation::lane() ^ lane_mask) & 31, mask, where));
+  std::memcpy(&value, &out, 4);
+  return value;
+}
+
+// The lanes of the mask whose `value` equals this lane's, as a bit mask.
+inline unsigned int __match_any_sync(unsigned int mask, int value,
+                                     std::source_location where = std::source_location::current()) {
+  {
+    emulation::HarnessAccess access;
+    emulation::current().word_in = value;
   }
-  w.barrier.arrive_and_wait();
-  return peers;
+  emulation::warp_op(emulation::WarpOp::kMatch, mask, where, [](emulation::Fiber* const (&lanes)[32], unsigned) {
+    for (emulation::Fiber* f : lanes) {
+      if (!f) continue;
+      unsigned int peers = 0;
+      for (int l = 0; l < 32; ++l) {
+        if (lanes[l] && lanes[l]->word_in == f->word_in) peers |= 1u << l;
+      }
+      f->word_out = peers;
+    }
+  });
+  emulation::HarnessAccess access;
+  return static_cast<unsigned int>(emulation::current().word_out);
 }
 
 inline int __popc(unsigned int bits) { return __builtin_popcount(bits); }
 inline int __ffs(unsigned int bits) { return __builtin_ffs(static_cast<int>(bits)); }
 
-inline int atomicAdd(int* address, int value) { return std::atomic_ref<int>(*address).fetch_add(value); }
+inline int atomicAdd(int* address, int value) { return std::atomic_ref<int>(*address).fetch_add(value, std::memory_order_relaxed); }
 inline unsigned int atomicAdd(unsigned int* address, unsigned int value) {
-  return std::atomic_ref<unsigned int>(*address).fetch_add(value);
+  return std::atomic_ref<unsigned int>(*address).fetch_add(value, std::memory_order_relaxed);
 }
 inline unsigned long long atomicMax(unsigned long long* address, unsigned long long value) {
   std::atomic_ref<unsigned long long> target(*address);
-  unsigned long long old = target.load();
-  while (old < value && !target.compare_exchange_weak(old, value)) {
+  unsigned long long old = target.load(std::memory_order_relaxed);
+  while (old < value && !target.compare_exchange_weak(old, value, std::memory_order_relaxed)) {
   }
   return old;
 }
@@ -218,16 +233,6 @@ inline unsigned int __float_as_uint(float value) {
 
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
-
-inline float __shfl_xor_sync(unsigned int, float value, int lane_mask) {
-  auto& w = emulation::warp();
-  const int lane = emulation::lane();
-  w.values[lane] = value;
-  w.barrier.arrive_and_wait();
-  const float other = w.values[lane ^ lane_mask];
-  w.barrier.arrive_and_wait();
-  return other;
-}
 
 namespace visionzip::cuda {
 
@@ -288,26 +293,23 @@ void store_vector(V* ptr, const V& value) {
   *ptr = value;
 }
 
-inline unsigned char* dynamic_shared_bytes() {
-  auto& shared = emulation::state.owner->shared;
-  const auto address = reinterpret_cast<uintptr_t>(shared.data());
-  return shared.data() + (16 - address % 16) % 16;
-}
+inline unsigned char* dynamic_shared_bytes() { return emulation::BlockRun::running()->dynamic_shared(); }
 
 inline void cp_async(void* dst, const void* src, int src_bytes, int bytes) {
   if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % bytes != 0)) {
     throw std::runtime_error("misaligned cp.async");
   }
-  emulation::state.groups.back().push_back({dst, src, src_bytes, bytes});
+  std::memset(dst, 0xff, bytes);
+  emulation::current().groups.back().push_back({dst, src, src_bytes, bytes});
 }
 
 inline void cp_async_16(void* dst, const void* src, int src_bytes) { cp_async(dst, src, src_bytes, 16); }
 inline void cp_async_4(void* dst, const void* src, int src_bytes) { cp_async(dst, src, src_bytes, 4); }
-inline void cp_async_commit() { emulation::state.groups.emplace_back(); }
+inline void cp_async_commit() { emulation::current().groups.emplace_back(); }
 
 template <int kPending>
 void cp_async_wait() {
-  auto& groups = emulation::state.groups;
+  auto& groups = emulation::current().groups;
   const size_t committed = groups.size() - 1;  // the open group is not waited for
   const size_t release = committed > kPending ? committed - kPending : 0;
   for (size_t g = 0; g < release; ++g) {
@@ -319,13 +321,9 @@ void cp_async_wait() {
   groups.erase(groups.begin(), groups.begin() + static_cast<std::ptrdiff_t>(release));
 }
 
+// The warp's m16n8k16 product: the fragments of all 32 lanes make A (16 x 16) and B (16 x 8).
 template <typename T>
-void mma_16x8x16(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  auto& w = emulation::warp();
-  const int lane = emulation::lane();
-  for (int i = 0; i < 4; ++i) w.a[lane][i] = a[i];
-  for (int i = 0; i < 2; ++i) w.b[lane][i] = b[i];
-  w.barrier.arrive_and_wait();
+void resolve_mma(emulation::Fiber* const (&lanes)[32], unsigned int) {
   const auto element = [](uint32_t pair, int high) {
     const auto bits = static_cast<uint16_t>(high ? pair >> 16 : pair & 0xffff);
     return static_cast<double>(to_float(T{bits}));
@@ -334,22 +332,38 @@ void mma_16x8x16(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]
   for (int l = 0; l < 32; ++l) {
     const int g = l / 4, t2 = 2 * (l % 4);
     for (int e = 0; e < 2; ++e) {
-      A[g][t2 + e] = element(w.a[l][0], e);
-      A[g + 8][t2 + e] = element(w.a[l][1], e);
-      A[g][t2 + 8 + e] = element(w.a[l][2], e);
-      A[g + 8][t2 + 8 + e] = element(w.a[l][3], e);
-      B[t2 + e][g] = element(w.b[l][0], e);
-      B[t2 + 8 + e][g] = element(w.b[l][1], e);
+      A[g][t2 + e] = element(lanes[l]->a[0], e);
+      A[g + 8][t2 + e] = element(lanes[l]->a[1], e);
+      A[g][t2 + 8 + e] = element(lanes[l]->a[2], e);
+      A[g + 8][t2 + 8 + e] = element(lanes[l]->a[3], e);
+      B[t2 + e][g] = element(lanes[l]->b[0], e);
+      B[t2 + 8 + e][g] = element(lanes[l]->b[1], e);
     }
   }
-  const int g = lane / 4, t2 = 2 * (lane % 4);
-  for (int i = 0; i < 4; ++i) {
-    const int row = g + 8 * (i / 2), column = t2 + i % 2;
-    double sum = acc[i];
-    for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][column];
-    acc[i] = static_cast<float>(sum);
+  for (int l = 0; l < 32; ++l) {
+    const int g = l / 4, t2 = 2 * (l % 4);
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + 8 * (i / 2), column = t2 + i % 2;
+      double sum = lanes[l]->acc[i];
+      for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][column];
+      lanes[l]->acc[i] = static_cast<float>(sum);
+    }
   }
-  w.barrier.arrive_and_wait();
+}
+
+template <typename T>
+void mma_16x8x16(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                 std::source_location where = std::source_location::current()) {
+  {
+    emulation::HarnessAccess access;
+    emulation::Fiber& f = emulation::current();
+    std::copy(a, a + 4, f.a);
+    std::copy(b, b + 2, f.b);
+    std::copy(acc, acc + 4, f.acc);
+  }
+  emulation::warp_op(emulation::WarpOp::kMma, 0xffffffffu, where, resolve_mma<T>);
+  emulation::HarnessAccess access;
+  std::copy(emulation::current().acc, emulation::current().acc + 4, acc);
 }
 
 }  // namespace visionzip::cuda

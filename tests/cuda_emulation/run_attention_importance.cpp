@@ -6,18 +6,18 @@
 //       Q_FILE Q_OFFSET Q_STRIDES(4) K_FILE K_OFFSET K_STRIDES(4) LSE_FILE|- LSE_STRIDES(3) OUT_FILE
 //
 // DTYPE: float32, float16 or bfloat16. Each input file holds a tensor's storage (raw elements);
-// the tensor starts OFFSET elements in, from a 16-byte aligned copy of the file, and is read
-// through STRIDES (elements). LSE_FILE "-": no lse. OUT_FILE receives the [B, H, N] float32
+// the tensor starts OFFSET elements into an exact-size, 16-byte aligned copy of the file, and is
+// read through STRIDES (elements). LSE_FILE "-": no lse. OUT_FILE receives the [B, H, N] float32
 // importance. Prints the kernels that ran: "path=cls|mma|simt vectorised=0|1".
 #include "device_primitives_host.h"
 
 #include "attention_importance_cuda.cuh"
+#include "exact_storage.h"
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -27,22 +27,8 @@ namespace {
 using namespace visionzip::cuda::importance;
 using emulation::Index3;
 
-struct Storage {
-  std::vector<unsigned char> bytes;
-  unsigned char* aligned = nullptr;
-};
-
-Storage read_storage(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw std::runtime_error("cannot read " + path);
-  std::vector<unsigned char> content((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  Storage storage;
-  storage.bytes.resize(content.size() + 16);
-  const auto address = reinterpret_cast<uintptr_t>(storage.bytes.data());
-  storage.aligned = storage.bytes.data() + (16 - address % 16) % 16;
-  std::copy(content.begin(), content.end(), storage.aligned);
-  return storage;
-}
+using emulation::read_storage;
+using Storage = emulation::ExactStorage;
 
 struct Args {
   std::string dtype;
@@ -79,8 +65,8 @@ Args parse(int argc, char** argv) {
 template <typename T>
 void run(const Args& args) {
   const Storage q_storage = read_storage(args.q_file), k_storage = read_storage(args.k_file);
-  const T* q_data = reinterpret_cast<const T*>(q_storage.aligned) + args.q_offset;
-  const T* k_data = reinterpret_cast<const T*>(k_storage.aligned) + args.k_offset;
+  const T* q_data = reinterpret_cast<const T*>(q_storage.data()) + args.q_offset;
+  const T* k_data = reinterpret_cast<const T*>(k_storage.data()) + args.k_offset;
   const auto [batch, heads, n_tokens, head_dim] = args.sizes;
   const int64_t batch_heads = batch * heads;
 
@@ -99,7 +85,7 @@ void run(const Args& args) {
   LseView<const float> lse_in{nullptr, 0, 0, 0};
   if (args.lse_file != "-") {
     lse_storage = read_storage(args.lse_file);
-    lse_in = {reinterpret_cast<const float*>(lse_storage.aligned), args.lse_strides[0], args.lse_strides[1],
+    lse_in = {reinterpret_cast<const float*>(lse_storage.data()), args.lse_strides[0], args.lse_strides[1],
               args.lse_strides[2]};
   }
   const char* path = "cls";

@@ -5,7 +5,8 @@
 //   run_zip_tokens NAME=VALUE ...
 //
 // hidden, attn, keys: a tensor as FILE:DTYPE:OFFSET:SIZES:STRIDES (sizes and strides comma
-// separated, in elements; the file holds the tensor's storage, read into a 16-byte aligned copy);
+// separated, in elements; the file holds the tensor's storage, read into an exact-size, 16-byte
+// aligned copy);
 // keys may be "-" (the metric is hidden). k_dom, k_ctx, has_cls: the op's arguments. sm_count,
 // shared_opt_in: the device the launch shapes are chosen for. positions_per_block, target_chunk,
 // tile_channels, channel_lanes, row_lanes: explicit launch shapes (0: chosen as on the GPU).
@@ -13,11 +14,11 @@
 // values of the tokens, int64 indices). Prints the launch shapes it used.
 #include "device_primitives_host.h"
 
+#include "exact_storage.h"
 #include "zip_tokens_launch.h"
 
 #include <cstdio>
 #include <fstream>
-#include <iterator>
 #include <map>
 #include <sstream>
 #include <stdexcept>
@@ -30,8 +31,7 @@ using namespace visionzip::cuda;
 using emulation::Index3;
 
 struct TensorArg {
-  std::vector<unsigned char> bytes;
-  unsigned char* aligned = nullptr;
+  emulation::ExactStorage storage;
   std::string dtype;
   int64_t offset = 0;
   std::vector<int64_t> sizes, strides;
@@ -51,14 +51,8 @@ TensorArg read_tensor(const std::string& spec) {
   std::string part;
   while (std::getline(stream, part, ':')) parts.push_back(part);
   if (parts.size() != 5) throw std::runtime_error("tensor spec FILE:DTYPE:OFFSET:SIZES:STRIDES expected: " + spec);
-  std::ifstream file(parts[0], std::ios::binary);
-  if (!file) throw std::runtime_error("cannot read " + parts[0]);
-  std::vector<unsigned char> content((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
   TensorArg t;
-  t.bytes.resize(content.size() + 16);
-  const auto address = reinterpret_cast<uintptr_t>(t.bytes.data());
-  t.aligned = t.bytes.data() + (16 - address % 16) % 16;
-  std::copy(content.begin(), content.end(), t.aligned);
+  t.storage = emulation::read_storage(parts[0]);
   t.dtype = parts[1];
   t.offset = std::stoll(parts[2]);
   t.sizes = int_list(parts[3]);
@@ -68,13 +62,7 @@ TensorArg read_tensor(const std::string& spec) {
 
 template <typename T>
 const T* data_of(const TensorArg& t) {
-  return reinterpret_cast<const T*>(t.aligned) + t.offset;
-}
-
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
-
-bool stride_multiple(const TensorArg& t, size_t dim, int64_t multiple) {
-  return t.sizes[dim] == 1 || t.strides[dim] % multiple == 0;
+  return reinterpret_cast<const T*>(t.storage.data()) + t.offset;
 }
 
 // Calls f(T{}) with T the element type named by `dtype`.
@@ -91,44 +79,16 @@ void with_dtype(const std::string& dtype, F&& f) {
   }
 }
 
-// As attn_input in csrc/zip_tokens_cuda.cu.
 template <typename T>
 AttnInput<T> attn_input(const TensorArg& attn, bool has_cls) {
-  AttnInput<T> view{data_of<T>(attn), attn.strides[0], 0, 0, 0, 1, false};
-  if (attn.sizes.size() == 2) {
-    view.stride_k = attn.strides[1];
-    return view;
-  }
-  view.heads = static_cast<int>(attn.sizes[1]);
-  view.stride_h = attn.strides[1];
-  if (attn.sizes.size() == 3) {
-    view.stride_k = attn.strides[2];
-    return view;
-  }
-  view.stride_q = attn.strides[2];
-  view.stride_k = attn.strides[3];
-  view.sum_queries = !has_cls;
-  return view;
+  return attn_view(data_of<T>(attn), static_cast<int>(attn.sizes.size()), attn.sizes.data(), attn.strides.data(),
+                   has_cls);
 }
 
-// As metric_input in csrc/zip_tokens_cuda.cu.
 template <typename T>
 MetricInput<T> metric_input(const TensorArg& metric) {
-  const bool per_head = metric.sizes.size() == 4;
-  const size_t token_dim = metric.sizes.size() - 2;
-  MetricInput<T> view{data_of<T>(metric),
-                      metric.strides[0],
-                      per_head ? metric.strides[1] : 0,
-                      metric.strides[token_dim],
-                      metric.strides[token_dim + 1],
-                      per_head ? static_cast<int>(metric.sizes[1]) : 1,
-                      static_cast<int>(metric.sizes.back()),
-                      per_head,
-                      false};
-  view.vectorised = view.stride_d == 1 && view.width % 8 == 0 && aligned16(view.data) &&
-                    stride_multiple(metric, 0, 8) && (!per_head || stride_multiple(metric, 1, 8)) &&
-                    stride_multiple(metric, token_dim, 8);
-  return view;
+  return metric_view(data_of<T>(metric), static_cast<int>(metric.sizes.size()), metric.sizes.data(),
+                     metric.strides.data());
 }
 
 struct Run {
@@ -150,32 +110,25 @@ void apply(const TensorArg& hidden, const ApplyShape& shape, size_t smem, const 
 template <typename T>
 void run_apply(const Run& run, const TensorArg& hidden, const DeviceLimits& device, const LaunchOverrides& over,
                const std::vector<int32_t>& plan, std::vector<float>& out) {
-  constexpr int kVec = 16 / sizeof(T);
   const int64_t batch = hidden.sizes[0];
-  const int n_tokens = static_cast<int>(hidden.sizes[1]), width = static_cast<int>(hidden.sizes[2]);
+  const int width = static_cast<int>(hidden.sizes[2]);
   const int k_dom = run.get("k_dom"), k_ctx = run.get("k_ctx");
   std::vector<T> tokens(static_cast<size_t>(batch) * (k_dom + k_ctx) * width, from_float<T>(NAN));
-  const bool vectorised = run.get("vectorise") && hidden.strides[2] == 1 && width % kVec == 0 &&
-                          aligned16(data_of<T>(hidden)) && stride_multiple(hidden, 0, kVec) &&
-                          stride_multiple(hidden, 1, kVec);
-  size_t smem = 0;
-  ApplyShape shape{};
-  int vec = 1;
+  ApplyLaunch launch{1, {}, 0};
   if (width > 0) {
-    if (vectorised) shape = apply_shape(batch, n_tokens, k_dom, k_ctx, width, kVec, device, over, smem);
-    if (vectorised && shape.channel_lanes > 0) {
-      vec = kVec;
-      apply<T, kVec>(hidden, shape, smem, plan, tokens);
+    launch = apply_launch(data_of<T>(hidden), hidden.sizes.data(), hidden.strides.data(), sizeof(T), k_dom, k_ctx,
+                          device, over, run.get("vectorise") != 0);
+    if (launch.shape.channel_lanes == 0) throw std::runtime_error("apply kernel: shared memory too small");
+    if (launch.vec > 1) {
+      apply<T, 16 / sizeof(T)>(hidden, launch.shape, launch.shared_bytes, plan, tokens);
     } else {
-      shape = apply_shape(batch, n_tokens, k_dom, k_ctx, width, 1, device, over, smem);
-      if (shape.channel_lanes == 0) throw std::runtime_error("apply kernel: shared memory too small");
-      apply<T, 1>(hidden, shape, smem, plan, tokens);
+      apply<T, 1>(hidden, launch.shape, launch.shared_bytes, plan, tokens);
     }
   }
   out.resize(tokens.size());
   for (size_t i = 0; i < tokens.size(); ++i) out[i] = to_float(tokens[i]);
-  std::printf("apply: vec=%d channel_lanes=%d row_lanes=%d channel_blocks=%d\n", vec, shape.channel_lanes,
-              shape.row_lanes, shape.channel_blocks);
+  std::printf("apply: vec=%d channel_lanes=%d row_lanes=%d channel_blocks=%d\n", launch.vec,
+              launch.shape.channel_lanes, launch.shape.row_lanes, launch.shape.channel_blocks);
 }
 
 void run_all(const Run& run) {
