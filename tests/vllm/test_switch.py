@@ -1,11 +1,13 @@
 """The switch's bad values, an unsupported model and an unsupported vLLM are refused when the
-engine is created, with our message, before any model is built."""
+engine is created, with our message, before any model is built: already when vLLM makes the
+model's configuration (``EngineArgs.create_model_config``), the first step of an engine start."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import pytest
 from vllm import LLM
+from vllm.engine.arg_utils import EngineArgs
 
 from visionzip_kernels.vllm.registry import check_model_config
 from visionzip_kernels.vllm.switch import supported_vllm_message
@@ -25,10 +27,11 @@ BAD_SWITCHES = [
     [("llava", switch, message) for switch, message in BAD_SWITCHES]
     + [("llava_next", *BAD_SWITCHES[2])],
 )
-def test_a_bad_budget_fails_at_engine_start_with_our_message(references, family, switch, message):
+def test_a_bad_budget_fails_when_the_model_config_is_made(references, family, switch, message):
     checkpoint, _ = references(family)
+    arguments = EngineArgs(model=checkpoint, hf_overrides={"visionzip": switch}, enforce_eager=True)
     with pytest.raises((TypeError, ValueError), match=r"hf_overrides\['visionzip'\].*" + message):
-        LLM(model=checkpoint, hf_overrides={"visionzip": switch}, enforce_eager=True)
+        arguments.create_model_config()
 
 
 def test_a_switch_that_is_not_a_dict_is_refused(references):
