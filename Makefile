@@ -94,7 +94,7 @@ test-vllm: $(VLLM_VENV)/ready
 	$(VLLM_VENV)/bin/python -m pip install --no-deps --no-index --force-reinstall $(WHEEL_DIR)/*.whl
 	$(PYTHON) tests/vllm/make_references.py $(VLLM_REFERENCES)
 	cd tests/vllm && VISIONZIP_VLLM_REFERENCES=$(CURDIR)/$(VLLM_REFERENCES) \
-		$(CURDIR)/$(VLLM_VENV)/bin/python -m pytest -q .
+		$(abspath $(VLLM_VENV))/bin/python -m pytest -q .
 
 cmake-check:
 	@if command -v cmake >/dev/null 2>&1; then \

@@ -53,3 +53,12 @@ def image_features(llm, pixel_inputs: dict) -> list[torch.Tensor]:
             return [feature.float().cpu() for feature in model.embed_multimodal(**pixel_inputs)]
 
     return llm.apply_model(embed)[0]
+
+
+def assert_features_match(llm, references: list[dict]) -> None:
+    """For each reference, the engine's image features equal the HF integration's (to 1e-5)."""
+    for reference in references:
+        features = image_features(llm, reference["pixel_inputs"])
+        assert len(features) == len(reference["features"])
+        for got, want in zip(features, reference["features"]):
+            torch.testing.assert_close(got.reshape(want.shape), want, rtol=1e-5, atol=1e-5)

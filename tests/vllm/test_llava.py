@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-import torch
 from make_references import CONTEXTUAL, DOMINANT
-from parity import assert_matches, greedy, image_features, requests
+from parity import assert_features_match, assert_matches, greedy, requests
 
 SWITCH = {"visionzip": {"dominant": DOMINANT, "contextual": CONTEXTUAL}}
 
@@ -30,11 +29,7 @@ def test_a_batch_of_prompts_with_one_and_two_images_equals_the_hf_integration(ll
 
 def test_the_features_handed_to_the_language_model_equal_the_hf_integration(llava):
     llm, expected = llava
-    for reference in expected["zipped"]:
-        features = image_features(llm, reference["pixel_inputs"])
-        assert len(features) == len(reference["features"])
-        for got, want in zip(features, reference["features"]):
-            torch.testing.assert_close(got.reshape(want.shape), want, rtol=1e-5, atol=1e-5)
+    assert_features_match(llm, expected["zipped"])
 
 
 def test_the_same_images_again_reuse_the_caches_and_give_the_same_tokens(llava):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from make_references import CONTEXTUAL, DOMINANT
-from parity import assert_matches, greedy, image_features, requests
+from parity import assert_features_match, assert_matches, greedy, requests
 
 SWITCH = {"visionzip": {"dominant": DOMINANT, "contextual": CONTEXTUAL}}
 
@@ -25,11 +24,7 @@ def test_a_batch_of_prompts_with_one_and_two_images_equals_the_hf_integration(ll
 
 def test_the_features_handed_to_the_language_model_equal_the_hf_integration(llava_next):
     llm, expected = llava_next
-    for reference in expected["zipped"]:
-        features = image_features(llm, reference["pixel_inputs"])
-        assert len(features) == len(reference["features"])
-        for got, want in zip(features, reference["features"]):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_features_match(llm, expected["zipped"])
 
 
 def test_without_the_switch_the_model_is_vllms_own(references, engines):

@@ -70,21 +70,30 @@ def _llava_info(ctx):
     return VisionZipLlavaProcessingInfo(ctx)
 
 
-@MULTIMODAL_REGISTRY.register_processor(
-    _build_llava_or_pixtral_hf_processor, info=_llava_info, dummy_inputs=LlavaDummyInputsBuilder
-)
-class VisionZipLlava(LlavaForConditionalGeneration):
-    """vLLM's LLaVA-1.5 with VisionZip's image features when the config holds the switch."""
+class ZippedCropFeatures:
+    """What both classes add to vLLM's: the switch read once, when the model is built, and each
+    crop's features zipped when it is on. ``visionzip_architecture`` names the class in errors."""
+
+    visionzip_architecture: str
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.visionzip_budget = llava_budget(self.config, LLAVA)
+        self.visionzip_budget = llava_budget(self.config, self.visionzip_architecture)
 
     def _image_pixels_to_features(self, vision_tower, pixel_values):
-        """``[B, 3, H, W]`` -> ``[B, dominant + contextual, D_vision]`` when zipped."""
+        """``[crops, 3, H, W]`` -> ``[crops, dominant + contextual, D_vision]`` when zipped."""
         if self.visionzip_budget is None:
             return super()._image_pixels_to_features(vision_tower, pixel_values)
         return zipped_clip_tokens(vision_tower, pixel_values, self.visionzip_budget)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    _build_llava_or_pixtral_hf_processor, info=_llava_info, dummy_inputs=LlavaDummyInputsBuilder
+)
+class VisionZipLlava(ZippedCropFeatures, LlavaForConditionalGeneration):
+    """vLLM's LLaVA-1.5 with VisionZip's image features when the config holds the switch."""
+
+    visionzip_architecture = LLAVA
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -92,18 +101,10 @@ class VisionZipLlava(LlavaForConditionalGeneration):
     info=VisionZipLlavaNextProcessingInfo,
     dummy_inputs=LlavaDummyInputsBuilder,
 )
-class VisionZipLlavaNext(LlavaNextForConditionalGeneration):
+class VisionZipLlavaNext(ZippedCropFeatures, LlavaNextForConditionalGeneration):
     """vLLM's LLaVA-NeXT with VisionZip's image features when the config holds the switch."""
 
-    def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.visionzip_budget = llava_budget(self.config, LLAVA_NEXT)
-
-    def _image_pixels_to_features(self, vision_tower, pixel_values):
-        """``[crops, 3, H, W]`` -> ``[crops, dominant + contextual, D_vision]`` when zipped."""
-        if self.visionzip_budget is None:
-            return super()._image_pixels_to_features(vision_tower, pixel_values)
-        return zipped_clip_tokens(vision_tower, pixel_values, self.visionzip_budget)
+    visionzip_architecture = LLAVA_NEXT
 
     def _merge_image_patch_embeddings(
         self, image_size: torch.Tensor, patch_embeddings: torch.Tensor, *, strategy: str
