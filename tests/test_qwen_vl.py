@@ -22,6 +22,7 @@ from qwen_vl_models import (
     IMAGE_ID,
     MERGE,
     MERGED_TOKENS,
+    language_model_inputs,
     make_images,
     make_inputs,
     make_model,
@@ -132,18 +133,6 @@ def reference_positions(input_ids, attention_mask, grids, kept_idx):
             next_position += max(h, w)
             image += 1
     return positions
-
-
-def language_model_inputs(model, inputs) -> dict:
-    """The keyword arguments the language model receives in one forward pass of ``model``."""
-    captured = {}
-    hook = model.model.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: captured.update(kwargs), with_kwargs=True
-    )
-    with torch.no_grad():
-        captured["logits"] = model(**inputs).logits
-    hook.remove()
-    return captured
 
 
 def instance_state(model) -> dict:

@@ -1,0 +1,73 @@
+"""What the Qwen-VL vLLM tests share: the cases, an engine's options, running one case and what
+the language model received.
+
+``run_case`` sends one case of ``qwen_reference.CASES`` alone, greedy, ``STEPS`` tokens with every
+vision token disallowed and EOS masked (as the references' ``suppress_tokens`` and
+``min_new_tokens``), and returns the prompt ids, the greedy tokens, each step's logprobs of the
+whole vocabulary (vLLM's raw logprobs) and, with the switch on, what the model's
+``recompute_mrope_positions`` handed on: the image features (position channels removed) and the
+prompt's M-RoPE positions, read from every rank.
+"""
+from __future__ import annotations
+
+import torch
+from qwen_reference import CASES, STEPS, SUPPRESSED, WORDS, make_images
+
+FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+VOCAB = len(WORDS)
+ALLOWED = [token for token in range(VOCAB) if token not in SUPPRESSED]
+
+
+def engine_options(checkpoint: str, **options) -> dict:
+    """Options of an engine serving ``checkpoint``: logprobs of the whole vocabulary, two images
+    a prompt, no videos (the test checkpoints have no video processor)."""
+    return dict(
+        model=checkpoint,
+        max_logprobs=-1,
+        limit_mm_per_prompt={"image": 2, "video": 0},
+        **options,
+    )
+
+
+def record_language_model_inputs(model) -> None:
+    """On a model instance (``LLM.apply_model``): keep the output of every call of
+    ``recompute_mrope_positions`` that handed on image features, in ``model.visionzip_records``."""
+    recompute = model.recompute_mrope_positions
+    model.visionzip_records = []
+
+    def recording(input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens):
+        output = recompute(input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens)
+        features, positions, _ = output
+        if len(features):
+            model.visionzip_records.append((torch.cat(list(features)).cpu(), positions.cpu()))
+        return output
+
+    model.recompute_mrope_positions = recording
+
+
+def take_records(model) -> list:
+    records, model.visionzip_records = model.visionzip_records, []
+    return records
+
+
+def run_case(llm, family: str, index: int, recorded: bool) -> dict:
+    prompt, which = list(CASES.values())[index]
+    params = dict(max_tokens=STEPS, min_tokens=STEPS, temperature=0.0, logprobs=VOCAB)
+    from vllm import SamplingParams
+
+    request = {"prompt": prompt, "multi_modal_data": {"image": make_images(family, which)}}
+    output = llm.generate(request, SamplingParams(allowed_token_ids=ALLOWED, **params), use_tqdm=False)[0]
+    completion = output.outputs[0]
+    result = dict(
+        input_ids=list(output.prompt_token_ids),
+        tokens=list(completion.token_ids),
+        logprobs=torch.tensor([[step[token].logprob for token in ALLOWED] for step in completion.logprobs]),
+    )
+    if recorded:
+        result["ranks"] = llm.apply_model(take_records)
+    return result
+
+
+def allowed_logprobs(reference: dict) -> torch.Tensor:
+    """The reference's logprobs of the tokens the vLLM runs allow."""
+    return reference["logprobs"][:, ALLOWED]
