@@ -1,5 +1,5 @@
-"""What the Qwen-VL vLLM tests share: the cases, an engine's options, running one case and what
-the language model received.
+"""What the Qwen-VL vLLM tests share: the cases, an engine's options, running one case, what the
+language model received, and the comparisons with the Hugging Face integration's results.
 
 ``run_case`` sends one case of ``qwen_reference.CASES`` alone, greedy, ``STEPS`` tokens with every
 vision token disallowed and EOS masked (as the references' ``suppress_tokens`` and
@@ -14,8 +14,11 @@ import torch
 from qwen_reference import CASES, STEPS, SUPPRESSED, WORDS, make_images
 
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+CASE_INDEXES = range(len(CASES))
 VOCAB = len(WORDS)
 ALLOWED = [token for token in range(VOCAB) if token not in SUPPRESSED]
+LOGPROB_ATOL = 1e-4
+FEATURE_ATOL = 1e-5
 
 
 def engine_options(checkpoint: str, **options) -> dict:
@@ -71,3 +74,29 @@ def run_case(llm, family: str, index: int, recorded: bool) -> dict:
 def allowed_logprobs(reference: dict) -> torch.Tensor:
     """The reference's logprobs of the tokens the vLLM runs allow."""
     return reference["logprobs"][:, ALLOWED]
+
+
+def zipped_engine(engines, references, family: str, **options):
+    """The engine of ``family``'s checkpoint with the switch (the family's default budget) and
+    ``options``, its models recording what their language model receives."""
+    checkpoint, _ = references(family)
+    llm = engines.get(**engine_options(checkpoint, hf_overrides={"visionzip": {}}, **options))
+    llm.apply_model(record_language_model_inputs)
+    return llm
+
+
+def assert_matches(result: dict, reference: dict) -> None:
+    assert result["input_ids"] == reference["input_ids"].tolist()
+    assert result["tokens"] == reference["tokens"].tolist()
+    torch.testing.assert_close(
+        result["logprobs"], allowed_logprobs(reference), atol=LOGPROB_ATOL, rtol=0
+    )
+
+
+def assert_language_model_inputs(result: dict, reference: dict) -> None:
+    """Every rank handed the reference's features and positions to its language model (the last
+    record holds the whole prompt's positions)."""
+    for records in result["ranks"]:
+        features = torch.cat([record_features for record_features, _ in records])
+        torch.testing.assert_close(features, reference["features"], atol=FEATURE_ATOL, rtol=0)
+        assert torch.equal(records[-1][1], reference["positions"])

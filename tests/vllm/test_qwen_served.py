@@ -5,49 +5,22 @@ For each case (one wide image; a wide and a tall image, whose text continues at 
 w)``, not ``start + w``), against ``qwen_reference.py``'s results of ``apply_visionzip``: the
 prompt's token ids (the reduced placeholder counts), the image features the language model
 receives (deepstack columns included), the M-RoPE positions, exactly; the greedy tokens, and every
-step's logprobs within ``LOGPROB_ATOL`` (float32). Without the switch the models are vLLM's own:
-they equal Hugging Face without VisionZip.
+step's logprobs within ``qwen_engine.LOGPROB_ATOL`` (float32). Without the switch the models are
+vLLM's own: they equal Hugging Face without VisionZip.
 """
 from __future__ import annotations
 
 import pytest
-import torch
 from qwen_engine import (
+    CASE_INDEXES,
     FAMILIES,
-    allowed_logprobs,
+    assert_language_model_inputs,
+    assert_matches,
     engine_options,
-    record_language_model_inputs,
     run_case,
+    zipped_engine,
 )
 from qwen_reference import CASES
-
-LOGPROB_ATOL = 1e-4
-FEATURE_ATOL = 1e-5
-CASE_INDEXES = range(len(CASES))
-
-
-def zipped_engine(engines, references, family: str, **options):
-    checkpoint, _ = references(family)
-    llm = engines.get(**engine_options(checkpoint, hf_overrides={"visionzip": {}}, **options))
-    llm.apply_model(record_language_model_inputs)
-    return llm
-
-
-def assert_matches(result: dict, reference: dict) -> None:
-    assert result["input_ids"] == reference["input_ids"].tolist()
-    assert result["tokens"] == reference["tokens"].tolist()
-    torch.testing.assert_close(
-        result["logprobs"], allowed_logprobs(reference), atol=LOGPROB_ATOL, rtol=0
-    )
-
-
-def assert_language_model_inputs(result: dict, reference: dict) -> None:
-    """Every rank handed the reference's features and positions to its language model (the last
-    record holds the whole prompt's positions)."""
-    for records in result["ranks"]:
-        features = torch.cat([record_features for record_features, _ in records])
-        torch.testing.assert_close(features, reference["features"], atol=FEATURE_ATOL, rtol=0)
-        assert torch.equal(records[-1][1], reference["positions"])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
