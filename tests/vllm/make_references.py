@@ -10,7 +10,8 @@ each prompt of ``PROMPTS``, with VisionZip (``apply_visionzip``, budget ``DOMINA
 ``CONTEXTUAL``) and without, the prompt's token ids, the processor's pixel inputs, the image
 features handed to the language model, the greedy tokens and each step's log-softmax of the raw
 logits, all in float32. Each prompt runs alone (no padding). The vLLM tests (another environment,
-the transformers vLLM pins) compare with these.
+the transformers vLLM pins) compare with these. ``OUT_DIR/llama/`` holds a text-only model, which
+VisionZip does not support.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
+    LlamaForCausalLM,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaNextConfig,
@@ -49,7 +51,10 @@ WORDS += ["image", "and", "compare", "them", "?", "more", "please"] + [f"w{i}" f
 # 2 x 1, 100 x 100 -> 2 x 2.
 PROMPTS = [
     ("USER: <image> describe the image ? ASSISTANT:", [(40, 90)]),
-    ("USER: <image> and <image> compare them please ? ASSISTANT:", [(90, 40), (100, 100)]),
+    (
+        "USER: <image> and <image> compare them please ? " + " ".join(WORDS[-12:]) + " ASSISTANT:",
+        [(90, 40), (100, 100)],
+    ),
 ]
 
 
@@ -182,12 +187,20 @@ def write_family(name: str, out_dir: Path) -> None:
     torch.save(references, out_dir / name / "references.pt")
 
 
+def write_text_model(out_dir: Path) -> None:
+    """A text-only Llama (the families' language model), which VisionZip does not support."""
+    torch.manual_seed(0)
+    LlamaForCausalLM(text_config()).save_pretrained(out_dir / "llama")
+    word_tokenizer(WORDS, {"image_token": "<image>"}).save_pretrained(out_dir / "llama")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         sys.exit("usage: python tests/vllm/make_references.py OUT_DIR")
     out_dir = Path(argv[0])
     for name in FAMILIES:
         write_family(name, out_dir)
+    write_text_model(out_dir)
     (out_dir / "complete").write_text("\n".join(FAMILIES) + "\n")
 
 
