@@ -1,7 +1,7 @@
 """What the Qwen-VL vLLM tests share: the cases, an engine's options, running one case, what the
 language model received, and the comparisons with the Hugging Face integration's results.
 
-``run_case`` sends one case of ``qwen_reference.CASES`` alone, greedy, ``STEPS`` tokens with every
+``run_case`` sends one case of ``qwen_reference.CASES`` alone (``generate``: several at once), greedy, ``STEPS`` tokens with every
 vision token disallowed and EOS masked (as the references' ``suppress_tokens`` and
 ``min_new_tokens``), and returns the prompt ids, the greedy tokens, each step's logprobs of the
 whole vocabulary (vLLM's raw logprobs) and, with the switch on, what the model's
@@ -34,7 +34,11 @@ def engine_options(checkpoint: str, **options) -> dict:
 
 def record_language_model_inputs(model) -> None:
     """On a model instance (``LLM.apply_model``): keep the output of every call of
-    ``recompute_mrope_positions`` that handed on image features, in ``model.visionzip_records``."""
+    ``recompute_mrope_positions`` that handed on image features, in ``model.visionzip_records``
+    (emptied where the model records already)."""
+    if hasattr(model, "visionzip_records"):
+        model.visionzip_records = []
+        return
     recompute = model.recompute_mrope_positions
     model.visionzip_records = []
 
@@ -53,19 +57,33 @@ def take_records(model) -> list:
     return records
 
 
-def run_case(llm, family: str, index: int, recorded: bool) -> dict:
+def request(family: str, index: int) -> dict:
     prompt, which = list(CASES.values())[index]
-    params = dict(max_tokens=STEPS, min_tokens=STEPS, temperature=0.0, logprobs=VOCAB)
-    from vllm import SamplingParams
+    return {"prompt": prompt, "multi_modal_data": {"image": make_images(family, which)}}
 
-    request = {"prompt": prompt, "multi_modal_data": {"image": make_images(family, which)}}
-    output = llm.generate(request, SamplingParams(allowed_token_ids=ALLOWED, **params), use_tqdm=False)[0]
+
+def outcome(output) -> dict:
+    """A request's prompt ids, greedy tokens and each step's logprobs of the allowed tokens."""
     completion = output.outputs[0]
-    result = dict(
+    return dict(
         input_ids=list(output.prompt_token_ids),
         tokens=list(completion.token_ids),
         logprobs=torch.tensor([[step[token].logprob for token in ALLOWED] for step in completion.logprobs]),
     )
+
+
+def generate(llm, requests: list[dict]) -> list[dict]:
+    from vllm import SamplingParams
+
+    params = SamplingParams(
+        max_tokens=STEPS, min_tokens=STEPS, temperature=0.0, logprobs=VOCAB, allowed_token_ids=ALLOWED
+    )
+    return [outcome(output) for output in llm.generate(requests, params, use_tqdm=False)]
+
+
+def run_case(llm, family: str, index: int, recorded: bool) -> dict:
+    """One case alone; with ``recorded``, also what each rank's language model received."""
+    (result,) = generate(llm, [request(family, index)])
     if recorded:
         result["ranks"] = llm.apply_model(take_records)
     return result

@@ -32,6 +32,7 @@ from vllm.model_executor.models.qwen3_vl import (
 )
 from vllm.model_executor.models.vision import run_dp_sharded_mrope_vision_model
 from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.utils.gpu_sync_debug import gpu_sync_allowed
 
 from .qwen_vl_encoder import DataParallelZip, zip_encoded
 from .qwen_vl_positions import ImageRun, kept_positions, prompt_positions
@@ -127,13 +128,14 @@ class ZipQwenVL:
             return super().recompute_mrope_positions(
                 input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens
             )
-        return kept_positions(
-            input_ids,
-            multimodal_embeddings,
-            mrope_positions,
-            num_computed_tokens,
-            self.config.image_token_id,
-        )
+        with gpu_sync_allowed():  # finds the image tokens, reads the largest position (as EVS does)
+            return kept_positions(
+                input_ids,
+                multimodal_embeddings,
+                mrope_positions,
+                num_computed_tokens,
+                self.config.image_token_id,
+            )
 
 
 def with_visionzip(model_class, processor_class, info_class, dummy_inputs):
