@@ -1,9 +1,11 @@
 """Qwen-VL's bad switch values are refused when vLLM makes the model's configuration
 (``EngineArgs.create_model_config``, the first step of an engine start), with
-``apply_visionzip``'s message for Qwen-VL's fraction budgets and the switch named."""
+``apply_visionzip``'s message for Qwen-VL's fraction budgets and the switch named; a count an
+image cannot meet fails that image's request."""
 from __future__ import annotations
 
 import pytest
+from qwen_engine import engine_options, generate, request
 from vllm.engine.arg_utils import EngineArgs
 
 # Each check makes a model config (vLLM inspects the model in a subprocess, seconds each): the
@@ -37,3 +39,12 @@ def test_token_counts_are_accepted(references):
     switch = {"dominant": 8, "contextual": 2}
     config = EngineArgs(model=checkpoint, hf_overrides={"visionzip": switch}).create_model_config()
     assert config.hf_config.visionzip == switch
+
+
+def test_a_count_an_image_cannot_meet_fails_its_request(engines, references):
+    """An integer budget is checked per image, when the image is processed: 12 + 4 tokens of an
+    image of 15 merged tokens fails that request with ``apply_visionzip``'s message."""
+    checkpoint, _ = references("qwen2_5_vl")
+    llm = engines.get(**engine_options(checkpoint, hf_overrides={"visionzip": {"dominant": 12, "contextual": 4}}))
+    with pytest.raises(ValueError, match=r"an image of 15 tokens cannot keep 12 dominant \+ 4 contextual"):
+        generate(llm, [request("qwen2_5_vl", 0)])
