@@ -2,6 +2,8 @@
 the switch it equals the stock model."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from make_references import CONTEXTUAL, DOMINANT
@@ -46,8 +48,11 @@ def test_the_same_images_again_reuse_the_caches_and_give_the_same_tokens(llava):
     assert_matches(again, expected["zipped"][1])
 
 
-def test_without_the_switch_the_model_is_vllms_own(references, engines):
+def test_without_the_switch_the_model_is_vllms_own(references, engines, caplog):
     checkpoint, expected = references("llava")
     llm = engines.get(model=checkpoint)
-    for output, reference in zip(llm.generate(requests(), greedy()), expected["stock"]):
+    with caplog.at_level(logging.DEBUG, logger="visionzip_kernels"):
+        outputs = llm.generate(requests(), greedy())
+    for output, reference in zip(outputs, expected["stock"]):
         assert_matches(output, reference)
+    assert not [record for record in caplog.records if record.name.startswith("visionzip_kernels")]

@@ -20,6 +20,8 @@ def test_chunked_prefill_that_splits_an_image_gives_the_same_tokens(references, 
     llm = engines.get(
         model=checkpoint, hf_overrides=SWITCH, max_num_batched_tokens=8, max_num_seqs=2
     )
+    scheduler = llm.llm_engine.vllm_config.scheduler_config
+    assert scheduler.max_num_batched_tokens == 8 and scheduler.enable_chunked_prefill
     for output, reference in zip(llm.generate(requests(), greedy()), expected["zipped"]):
         assert_matches(output, reference)
 
