@@ -131,6 +131,7 @@ $(VLLM_VENV)/ready:
 test-vllm: $(VLLM_VENV)/ready
 	@ls $(WHEEL_DIR)/*.whl >/dev/null 2>&1 || $(MAKE) --no-print-directory wheel-check
 	$(VLLM_VENV)/bin/python -m pip install --no-deps --no-index --force-reinstall $(WHEEL_DIR)/*.whl
+	$(PYTHON) tests/vllm/qwen_reference.py $(VLLM_REFERENCES)
 	$(PYTHON) tests/vllm/make_references.py $(VLLM_REFERENCES)
 	cd tests/vllm && VISIONZIP_VLLM_REFERENCES=$(CURDIR)/$(VLLM_REFERENCES) \
 		$(abspath $(VLLM_VENV))/bin/python -m pytest -q .

@@ -170,3 +170,15 @@ def make_images(family: str, which: list[int]) -> list[Image.Image]:
 def make_inputs(family: str, processor, batch: str):
     prompts, which = BATCHES[batch]
     return processor(text=prompts, images=make_images(family, which), return_tensors="pt", padding=True)
+
+
+def language_model_inputs(model, inputs) -> dict:
+    """The keyword arguments the language model receives in one forward pass of ``model``."""
+    captured = {}
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.update(kwargs), with_kwargs=True
+    )
+    with torch.no_grad():
+        captured["logits"] = model(**inputs).logits
+    hook.remove()
+    return captured

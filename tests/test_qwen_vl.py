@@ -24,6 +24,7 @@ from qwen_vl_models import (
     IMAGE_ID,
     MERGE,
     MERGED_TOKENS,
+    language_model_inputs,
     make_images,
     make_inputs,
     make_model,

@@ -110,26 +110,25 @@ def grid_sizes(image_grid_thw: torch.Tensor, merge_unit: int, caller: str) -> li
     return sizes
 
 
-def zip_images(
+def merge_unit_statistics(
     attention: LastBlockAttention,
-    merged: torch.Tensor,
-    deepstack: list[torch.Tensor],
     patch_sizes: list[int],
     merge_unit: int,
     window_index: torch.Tensor | None,
-    budget: Budget,
-) -> ZippedImages:
-    """VisionZip on the encoder's outputs for ``n`` images.
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(importance [T_total], keys [T_total, hd])`` of the merged tokens, raster order, float32.
 
-    attention: the last block's queries and keys over ``N_total = sum(patch_sizes)`` patches.
-    merged: ``[T_total, D]`` the patch merger's output in raster order, ``T_i = patch_sizes[i] /
-    merge_unit``; deepstack: Qwen3-VL's deepstack features, each like ``merged`` (may be empty).
-    window_index: ``[T_total]`` the raster merge unit of each unit of the encoder's order, or
-    ``None`` where that order is raster.
+    importance: the attention each merge unit receives (``attention_importance_varlen`` per image,
+    mean over the heads of ``attention`` and over the unit's patches); keys: the unit's keys, mean
+    over the patches and the heads. attention: the last block's queries and keys over ``N_total =
+    sum(patch_sizes)`` patches. window_index: ``[T_total]`` the raster merge unit of each unit of
+    the encoder's order, or ``None`` where that order is raster. Both are means over heads, so
+    where the heads are split over ranks, ``local_heads * statistic`` summed over the ranks and
+    divided by the total head count is the statistic of all heads.
     """
-    sizes = [size // merge_unit for size in patch_sizes]
     patch_offsets = torch.tensor(offsets(patch_sizes), dtype=torch.int64)
-    importance_backend = budget.backend if budget.backend in IMPORTANCE_BACKENDS.names else "auto"
+    importance_backend = backend if backend in IMPORTANCE_BACKENDS.names else "auto"
     received = attention_importance_varlen(
         attention.query,
         attention.key,
@@ -140,6 +139,22 @@ def zip_images(
     )
     importance = pool_merge_units(received, window_index, unit=merge_unit)
     keys = pool_merge_units(attention.key, window_index, unit=merge_unit).mean(dim=1)
+    return importance, keys
+
+
+def zip_merged(
+    importance: torch.Tensor,
+    keys: torch.Tensor,
+    merged: torch.Tensor,
+    deepstack: list[torch.Tensor],
+    sizes: list[int],
+    budget: Budget,
+) -> ZippedImages:
+    """VisionZip on ``n`` images' merged tokens, given their ``merge_unit_statistics``.
+
+    merged: ``[T_total, D]`` the patch merger's output in raster order, ``T_i = sizes[i]``;
+    deepstack: Qwen3-VL's deepstack features, each like ``merged`` (may be empty).
+    """
     widths = [merged.shape[1]] + [features.shape[1] for features in deepstack]
     hidden = torch.cat([merged, *deepstack], dim=1) if deepstack else merged
     tokens, kept_idx, _ = zip_tokens_varlen(
@@ -161,3 +176,22 @@ def zip_images(
         deepstack=tuple(layer.split(counts) for layer in columns[1:]),
         kept_idx=kept_local,
     )
+
+
+def zip_images(
+    attention: LastBlockAttention,
+    merged: torch.Tensor,
+    deepstack: list[torch.Tensor],
+    patch_sizes: list[int],
+    merge_unit: int,
+    window_index: torch.Tensor | None,
+    budget: Budget,
+) -> ZippedImages:
+    """VisionZip on the encoder's outputs for ``n`` images: ``merge_unit_statistics`` of the last
+    block's ``attention``, then ``zip_merged`` of ``merged`` (``[T_total, D]``, ``T_i =
+    patch_sizes[i] / merge_unit``) and ``deepstack``."""
+    importance, keys = merge_unit_statistics(
+        attention, patch_sizes, merge_unit, window_index, budget.backend
+    )
+    sizes = [size // merge_unit for size in patch_sizes]
+    return zip_merged(importance, keys, merged, deepstack, sizes, budget)

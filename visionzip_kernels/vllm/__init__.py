@@ -6,7 +6,9 @@ declared in ``pyproject.toml``). A model asks for VisionZip with
 model runs exactly as without this package. Modules: ``switch.py`` (the switch, the budget per
 model family, the vLLM version), ``registry.py`` (which architecture gets which subclass, and the
 check at engine start), ``tensor_parallel.py`` (the head reduction over the tensor-parallel group),
-``clip_tower.py`` (vLLM's CLIP tower run with VisionZip), ``llava.py`` (LLaVA-1.5, LLaVA-NeXT).
+``clip_tower.py`` (vLLM's CLIP tower run with VisionZip), ``llava.py`` (LLaVA-1.5, LLaVA-NeXT),
+``qwen_vl.py`` (Qwen2.5-VL, Qwen3-VL; with ``qwen_vl_encoder.py`` and ``qwen_vl_positions.py``),
+``pruning_switch.py`` (the runners call a zipping model's position recompute).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ def register() -> None:
     import vllm
     from vllm import ModelRegistry
 
+    from .pruning_switch import install as install_pruning_switch
     from .registry import guard_model_configs, register_architectures
     from .switch import supported_vllm_message
 
@@ -33,3 +36,4 @@ def register() -> None:
         logger.warning("%s; VisionZip is not registered", version_problem)
         return
     register_architectures(ModelRegistry)
+    install_pruning_switch()

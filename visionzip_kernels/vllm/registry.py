@@ -12,7 +12,7 @@ import functools
 from dataclasses import dataclass
 from typing import Callable
 
-from .switch import SWITCH, llava_budget, switch_settings
+from .switch import SWITCH, llava_budget, qwen_budget, switch_settings
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,16 @@ ARCHITECTURES = (
         "LlavaNextForConditionalGeneration",
         "visionzip_kernels.vllm.llava:VisionZipLlavaNext",
         llava_budget,
+    ),
+    Architecture(
+        "Qwen2_5_VLForConditionalGeneration",
+        "visionzip_kernels.vllm.qwen_vl:VisionZipQwen2_5_VLForConditionalGeneration",
+        qwen_budget,
+    ),
+    Architecture(
+        "Qwen3VLForConditionalGeneration",
+        "visionzip_kernels.vllm.qwen_vl:VisionZipQwen3VLForConditionalGeneration",
+        qwen_budget,
     ),
 )
 
