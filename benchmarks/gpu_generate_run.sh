@@ -4,7 +4,7 @@
 # (the targets are LLaVA-NeXT-7B at batch 1), then the interleaved bench_prefill.py. Each step has
 # a deadline; rows, tables, charts and logs are copied to $OUT (or ./gpu-out). Usage, from the
 # repository root:  BUDGET=560 bash benchmarks/gpu_generate_run.sh
-# Needs transformers >= 5.23 there (install a wheel first where the machine has an older one, as
+# Needs transformers >= 5.25 there (install a wheel first where the machine has an older one, as
 # ../shared/gpu-results/2026-11-27-h200/run.sh does).
 set -u
 T0=$(date +%s); DEADLINE=$((T0 + ${BUDGET:-560})); OUT=${OUT:-gpu-out}; mkdir -p "$OUT"

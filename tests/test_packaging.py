@@ -42,8 +42,8 @@ def test_pyproject_declares_the_metadata():
     assert project["requires-python"] == ">=3.10"
     assert set(project["dynamic"]) == {"version", "dependencies"}
     extras = project["optional-dependencies"]
-    assert extras["transformers"] == ["transformers>=5.23", "pillow"]
-    assert set(extras["test"]) == {"pytest", "hypothesis", "transformers>=5.23", "pillow"}
+    assert extras["transformers"] == ["transformers>=5.25", "pillow"]
+    assert set(extras["test"]) == {"pytest", "hypothesis", "transformers>=5.25", "pillow"}
     assert extras["triton"] == ["triton"]
 
 

@@ -1,6 +1,6 @@
 """Tiny LLaVA checkpoints and the Hugging Face integration's results on them, for tests/vllm.
 
-Run with the main environment's Python (transformers >= 5.23, where ``apply_visionzip`` runs):
+Run with the main environment's Python (transformers >= 5.25, where ``apply_visionzip`` runs):
 
     python tests/vllm/make_references.py OUT_DIR
 

@@ -1,6 +1,6 @@
 """Tiny Qwen2.5-VL and Qwen3-VL checkpoints and the Hugging Face integration's results on them.
 
-Run in the main environment (transformers >= 5.23, ``apply_visionzip``), not in vLLM's, beside
+Run in the main environment (transformers >= 5.25, ``apply_visionzip``), not in vLLM's, beside
 ``make_references.py`` and in the same layout: ``python tests/vllm/qwen_reference.py OUT_DIR``.
 For each family it writes ``OUT_DIR/<family>/checkpoint/``, which vLLM serves (random float32
 weights, seeded; the word tokenizer and the Pillow image processor of ``tests/qwen_vl_models.py``;
