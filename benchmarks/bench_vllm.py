@@ -47,7 +47,7 @@ from prefill.geometry import (
     LanguageModelGeometry,
     ModelGeometry,
 )
-from run_environment import RESULTS_DIR, device_slug, model_run_environment, write_rows
+from run_environment import add_results_options, device_slug, model_run_environment, save_rows
 
 FULL, ZIPPED = "full", "visionzip"
 LLAVA_NEXT_7B = ModelGeometry("LLaVA-NeXT-7B", CLIP_L_336, 5, (Budget(27, 5),), MISTRAL_7B, (), 35, 60)
@@ -244,7 +244,7 @@ def main(argv: list[str]) -> None:
         "--memory-fraction", type=float, default=None,
         help="of the GPU's (CPU: host) memory, per engine (default 0.42 on a GPU, 0.25 on a CPU)",
     )
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    add_results_options(parser)
     args = parser.parse_args(argv)
     args.device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     args.memory_fraction = args.memory_fraction or (0.42 if args.device == "cuda" else 0.25)
@@ -258,8 +258,7 @@ def main(argv: list[str]) -> None:
         write_checkpoint(geometry, Path(folder))
         rows = asyncio.run(measure(geometry, Path(folder), args))
     suffix = "_tiny" if args.tiny else ""
-    path = write_rows(args.results_dir / f"vllm_{device_slug(torch.device(args.device))}{suffix}.csv", rows)
-    print(f"rows: {path}")
+    save_rows(args.results_dir, f"vllm_{device_slug(torch.device(args.device))}{suffix}.csv", rows)
     print_table(rows)
 
 
