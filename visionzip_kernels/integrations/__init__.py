@@ -58,8 +58,15 @@ except ModuleNotFoundError as error:
         "pip install visionzip_kernels[transformers]"
     ) from error
 
-from .apply import apply_visionzip  # noqa: E402
-from .handle import VisionZipHandle  # noqa: E402
-from .vision_model import VisionZipOutput  # noqa: E402
-
 __all__ = ["VisionZipHandle", "VisionZipOutput", "apply_visionzip"]
+_HOMES = {"VisionZipHandle": "handle", "VisionZipOutput": "vision_model", "apply_visionzip": "apply"}
+
+
+def __getattr__(name: str):
+    """The public names, imported on first use: a module of this package (``budget``, read by the
+    vLLM plugin under vLLM's older transformers) imports without every model family's classes."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
