@@ -38,7 +38,6 @@ from transformers.models.llava_next.image_processing_pil_llava_next import (
     LlavaNextImageProcessorPil,
 )
 
-from visionzip_kernels.integrations import apply_visionzip
 from visionzip_kernels.testing.tiny_text import text_config_fields, word_tokenizer
 
 DOMINANT, CONTEXTUAL = 5, 3
@@ -181,6 +180,8 @@ def write_family(name: str, out_dir: Path) -> None:
     references = {"stock": [], "zipped": []}
     for seed, (prompt, sizes) in enumerate(PROMPTS):
         references["stock"].append(run_prompt(model, processor, prompt, sizes, seed))
+    from visionzip_kernels.integrations import apply_visionzip  # the main environment's transformers only
+
     with apply_visionzip(model, processor, dominant=DOMINANT, contextual=CONTEXTUAL):
         for seed, (prompt, sizes) in enumerate(PROMPTS):
             references["zipped"].append(run_prompt(model, processor, prompt, sizes, seed))

@@ -43,7 +43,6 @@ from transformers import (  # noqa: E402
     Qwen3VLForConditionalGeneration,
 )
 
-from visionzip_kernels.integrations import apply_visionzip  # noqa: E402
 
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 STEPS = 4
@@ -124,6 +123,8 @@ def write(out_dir: pathlib.Path) -> None:
         model.save_pretrained(out_dir / family / "checkpoint")
         processor.save_pretrained(out_dir / family / "checkpoint")
         references = {"stock": [reference(model, processor, family, case) for case in CASES]}
+        from visionzip_kernels.integrations import apply_visionzip  # the main environment's transformers only
+
         with apply_visionzip(model, processor, dominant=0.65, contextual=0.05):
             references["zipped"] = [reference(model, processor, family, case) for case in CASES]
         torch.save(references, out_dir / family / "references.pt")
