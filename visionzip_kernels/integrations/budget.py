@@ -111,29 +111,18 @@ def count_budget(
     non-int count, ``ValueError`` for ``dominant < 1``, ``contextual < 0``, ``dominant +
     contextual > available`` or a backend that cannot run there.
     """
-    dominant = check_int(dominant, "dominant", "apply_visionzip")
-    contextual = check_int(contextual, "contextual", "apply_visionzip")
-    if dominant < 1:
-        counted = " (it counts the CLS token)" if counts_cls else ""
-        raise ValueError(f"apply_visionzip: `dominant` must be >= 1{counted}, got {dominant}")
-    if contextual < 0:
-        raise ValueError(f"apply_visionzip: `contextual` must be >= 0, got {contextual}")
-    if dominant + contextual > available:
-        raise ValueError(
-            f"apply_visionzip: `dominant` + `contextual` = {dominant} + {contextual} = "
-            f"{dominant + contextual} is more than the {available} tokens {source}"
-        )
+    dominant, contextual = check_counts(dominant, contextual, available, counts_cls, source, "apply_visionzip")
     check_backend(BACKENDS, backend, device)
     return Budget(dominant, contextual, backend)
 
 
 def check_counts(
-    dominant, contextual, available: int, has_cls: bool, encoder: str, caller: str
+    dominant, contextual, available: int, has_cls: bool, source: str, caller: str
 ) -> tuple[int, int]:
     """``(dominant, contextual)`` as ints, or a clear error naming ``caller``.
 
-    available: the tokens the encoder (named ``encoder``) produces per image, counting its CLS
-    token where ``has_cls``. Raises ``TypeError`` for a non-int count, ``ValueError`` for
+    available: the tokens per image, counting a CLS token where ``has_cls``; source: what gives
+    them, ending the error message ("... is more than the 577 tokens <source>"). Raises ``TypeError`` for a non-int count, ``ValueError`` for
     ``dominant < 1``, ``contextual < 0`` or ``dominant + contextual > available``.
     """
     dominant = check_int(dominant, "dominant", caller)
@@ -146,8 +135,7 @@ def check_counts(
     if dominant + contextual > available:
         raise ValueError(
             f"{caller}: `dominant` + `contextual` = {dominant} + {contextual} = "
-            f"{dominant + contextual} is more than the {available} tokens the vision encoder "
-            f"({encoder}) produces per image"
+            f"{dominant + contextual} is more than the {available} tokens {source}"
         )
     return dominant, contextual
 

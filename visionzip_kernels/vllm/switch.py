@@ -91,7 +91,7 @@ def llava_budget(hf_config, architecture: str) -> Budget | None:
         settings.get("contextual", 10),
         available,
         True,
-        "CLIP",
+        "the vision encoder (CLIP) produces per image",
         caller,
     )
     backend = settings.get("backend", "auto")
